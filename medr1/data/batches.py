@@ -1,0 +1,116 @@
+"""Turn VQARecords into model batches: chat prompt + images through the processor, optional targets.
+
+Every batch has the same layout in GRPO, SFT and evaluation: left-padded prompts (the processor's
+output) followed, where there is one, by a right-padded completion. An SFT target is tokenised as
+a completion the model would generate (target tokens + <|im_end|>), so SFT trains on exactly the
+token sequences that evaluation decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from medr1.data.prompts import chat_messages, target_text
+from medr1.data.records import BadRecordError, VQARecord
+
+
+@dataclass
+class PromptBatch:
+    records: list[VQARecord]
+    model_inputs: dict[str, torch.Tensor]  # processor outputs: input_ids [B, P] (left-padded), pixels, grids
+    images_per_prompt: torch.Tensor  # [B]
+    target_ids: torch.Tensor | None = None  # [B, T] SFT targets as completions (right-padded)
+    target_mask: torch.Tensor | None = None  # [B, T] 1 on target tokens
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to(self, device) -> PromptBatch:
+        """Lightning moves batches with `.to`: tensors move, records stay."""
+        move = lambda t: t.to(device) if torch.is_tensor(t) else t  # noqa: E731
+        return PromptBatch(
+            records=self.records,
+            model_inputs={k: move(v) for k, v in self.model_inputs.items()},
+            images_per_prompt=self.images_per_prompt,
+            target_ids=move(self.target_ids),
+            target_mask=move(self.target_mask),
+            extra=self.extra,
+        )
+
+    def fields(self) -> dict[str, list]:
+        """Record columns for reward functions: solution, options, modality, question_type, id."""
+        return {
+            "solution": [r.answer for r in self.records],
+            "options": [r.options for r in self.records],
+            "modality": [r.modality for r in self.records],
+            "question_type": [r.question_type for r in self.records],
+            "id": [r.id for r in self.records],
+        }
+
+
+def load_image(path: str, record: VQARecord) -> Image.Image:
+    """RGB image at `path`; an unreadable file raises an error naming the record."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise BadRecordError(path, record.id, f"image cannot be read ({error})") from error
+
+
+class PromptCollator:
+    """Callable collate_fn: records -> PromptBatch (with SFT targets when `with_targets`)."""
+
+    def __init__(self, processor, template: str, *, with_targets: bool = False, max_prompt_length: int | None = None):
+        self.processor = processor
+        self.template = template
+        self.with_targets = with_targets
+        self.max_prompt_length = max_prompt_length
+
+    def __call__(self, records: list[VQARecord]) -> PromptBatch:
+        texts = [
+            self.processor.apply_chat_template(chat_messages(r, self.template), add_generation_prompt=True, tokenize=False)
+            for r in records
+        ]
+        images = [load_image(path, r) for r in records for path in r.images]
+        self.processor.tokenizer.padding_side = "left"
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
+        self._check_length(records, inputs["attention_mask"])
+        batch = PromptBatch(
+            records=list(records),
+            model_inputs=inputs,
+            images_per_prompt=torch.tensor([len(r.images) for r in records]),
+        )
+        if self.with_targets:
+            batch.target_ids, batch.target_mask = self.tokenize_targets(records)
+        return batch
+
+    def _check_length(self, records: list[VQARecord], attention_mask: torch.Tensor) -> None:
+        if self.max_prompt_length is None:
+            return
+        lengths = attention_mask.sum(1)
+        for record, length in zip(records, lengths.tolist(), strict=True):
+            if length > self.max_prompt_length:
+                raise BadRecordError(
+                    record.images[0], record.id,
+                    f"prompt is {length} tokens, above algo.max_prompt_length={self.max_prompt_length}; "
+                    "raise it or lower model.max_pixels (image tokens are most of a prompt) — prompts are "
+                    "never truncated, since cutting image tokens breaks the model",
+                )
+
+    def tokenize_targets(self, records: list[VQARecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target text + <|im_end|> as right-padded completion ids [B, T] and mask [B, T]."""
+        tokenizer = self.processor.tokenizer
+        end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        rows = [tokenizer(target_text(r, self.template), add_special_tokens=False)["input_ids"] + [end_id] for r in records]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids, mask

@@ -1,0 +1,142 @@
+"""The Lightning DataModule: read a source's splits, filter what is trained on, batch prompts.
+
+`modality=<name>` and `question_type=<name>` select the TRAINING records only; the test split is
+always evaluated whole, so every run reports on every modality and question type (the papers'
+cross-modality / cross-task protocol). Validation during training uses a fixed, stratified subset
+of the test split, since neither paper keeps a separate validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from medr1.data.batches import PromptCollator
+from medr1.data.names import MODALITIES, QUESTION_TYPES
+from medr1.data.records import Splits, VQARecord
+
+log = logging.getLogger(__name__)
+
+
+def select_training(records: list[VQARecord], modality: str, question_type: str) -> list[VQARecord]:
+    """Training records of `modality` and `question_type` ("all" keeps everything)."""
+    for value, known, what in ((modality, MODALITIES, "modality"), (question_type, QUESTION_TYPES, "question_type")):
+        if value != "all" and value not in known:
+            raise ValueError(f"{what}={value!r} is unknown; choose all or one of {', '.join(known)}")
+    chosen = [
+        r for r in records
+        if (modality == "all" or r.modality == modality) and (question_type == "all" or r.question_type == question_type)
+    ]
+    if not chosen:
+        present = sorted({(r.modality, r.question_type) for r in records})
+        raise ValueError(
+            f"no training records for modality={modality} question_type={question_type}; "
+            f"the train split has (modality, question_type) pairs {present[:20]}"
+        )
+    return chosen
+
+
+def stratified_subset(records: list[VQARecord], size: int | None, seed: int) -> list[VQARecord]:
+    """Up to `size` records, spread evenly over (modality, question_type) groups, seeded."""
+    if size is None or size >= len(records):
+        return list(records)
+    groups: dict[tuple[str, str], list[VQARecord]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r.id):
+        groups[(record.modality, record.question_type)].append(record)
+    rng = random.Random(seed)
+    for members in groups.values():
+        rng.shuffle(members)
+    chosen, keys, index = [], sorted(groups), 0
+    while len(chosen) < size:  # round robin over groups
+        added = False
+        for key in keys:
+            if index < len(groups[key]) and len(chosen) < size:
+                chosen.append(groups[key][index])
+                added = True
+        if not added:
+            break
+        index += 1
+    return chosen
+
+
+def cap_per_group(records: list[VQARecord], cap: int | None, key: str, seed: int) -> list[VQARecord]:
+    """At most `cap` records per value of `key` (e.g. MedVLM-R1's 300 test questions per modality)."""
+    if cap is None:
+        return list(records)
+    groups: dict[str, list[VQARecord]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r.id):
+        groups[getattr(record, key)].append(record)
+    rng = random.Random(seed)
+    chosen = []
+    for members in groups.values():
+        rng.shuffle(members)
+        chosen.extend(members[:cap])
+    return chosen
+
+
+class VQADataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        *,
+        source,
+        processor,
+        prompt: str,
+        train_modality: str = "all",
+        train_question_type: str = "all",
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        max_train_samples: int | None = None,
+        max_test_per_modality: int | None = None,
+        val_size: int | None = 64,
+        with_targets: bool = False,
+        max_prompt_length: int | None = None,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.source = source
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.train_modality, self.train_question_type = train_modality, train_question_type
+        self.max_train_samples, self.max_test_per_modality, self.val_size = max_train_samples, max_test_per_modality, val_size
+        self.seed = seed
+        self.train_collator = PromptCollator(processor, prompt, with_targets=with_targets, max_prompt_length=max_prompt_length)
+        self.eval_collator = PromptCollator(processor, prompt, with_targets=False)
+        self.splits: Splits | None = None
+        self.train_records: list[VQARecord] = []
+        self.test_records: list[VQARecord] = []
+        self.val_records: list[VQARecord] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        self.splits = self.source.load()
+        self.train_records = select_training(self.splits.train, self.train_modality, self.train_question_type)
+        if self.max_train_samples:
+            self.train_records = stratified_subset(self.train_records, self.max_train_samples, self.seed)
+        self.test_records = cap_per_group(self.splits.test, self.max_test_per_modality, "modality", self.seed)
+        self.val_records = stratified_subset(self.test_records, self.val_size, self.seed)
+        log.info(
+            "data: %d training records (modality=%s, question_type=%s), %d test, %d validation, %d bad records skipped",
+            len(self.train_records), self.train_modality, self.train_question_type,
+            len(self.test_records), len(self.val_records), self.splits.skipped,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_records, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_records) >= self.batch_size,
+            collate_fn=self.train_collator, num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_records)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_records)
+
+    def _eval_loader(self, records: list[VQARecord]) -> DataLoader:
+        return DataLoader(records, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.eval_collator,
+                          num_workers=self.num_workers)

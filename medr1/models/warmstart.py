@@ -1,0 +1,70 @@
+"""Warm-start a random tiny checkpoint into a tiny "instruct" model: it writes the think/answer
+format but answers at chance.
+
+A short SFT pass on synthetic questions whose target letters are drawn at random from the options:
+the model learns the output format and nothing about the images, so a GRPO demo starts from chance
+accuracy with a policy that already gets format reward, like an instruct model would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+REASONING = [
+    "The image shows the relevant structures; compare them with the options.",
+    "Look at the image and check each option.",
+    "The finding in the image matches one of the options.",
+]
+
+
+def shuffled_answer_records(records, seed: int):
+    """Records with a random option letter as answer and a generic reasoning line."""
+    rng = random.Random(seed)
+    return [
+        dataclasses.replace(r, answer=rng.choice(list(r.options)), reasoning=rng.choice(REASONING)) for r in records
+    ]
+
+
+def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | Path) -> Path:
+    """SFT `base_folder` for cfg['steps'] steps on shuffled-answer synthetic data; save to `out_folder`."""
+    from transformers import AutoModelForImageTextToText
+
+    from medr1.data.batches import PromptCollator
+    from medr1.data.synthetic import SyntheticMedVQA
+    from medr1.models.loading import load_processor
+    from medr1.sft.module import target_nll
+
+    data = cfg["data"]
+    root = Path(cache_dir).expanduser() / "data" / f"warmstart_n{data['size']}_px{data['image_size']}_seed{data['seed']}"
+    splits = SyntheticMedVQA(root=str(root), size=int(data["size"]), image_size=int(data["image_size"]),
+                             seed=int(data["seed"]), shuffle_options=bool(data.get("shuffle_options", False))).load()
+    records = shuffled_answer_records(splits.train + splits.test, seed=int(cfg.get("seed", 0)))
+    processor = load_processor({"min_pixels": cfg["min_pixels"], "max_pixels": cfg["max_pixels"]}, str(base_folder))
+    collate = PromptCollator(processor, cfg.get("prompt", "think"), with_targets=True)
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = AutoModelForImageTextToText.from_pretrained(base_folder, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]))
+    rng = random.Random(int(cfg.get("seed", 0)))
+    batch_size = int(cfg["batch_size"])
+    progress = tqdm(range(int(cfg["steps"])), desc="warm-starting the tiny instruct model", unit="step")
+    for _ in progress:
+        batch = collate(rng.sample(records, batch_size))
+        loss, _ = target_nll(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    model.save_pretrained(out_folder)
+    processor.save_pretrained(out_folder)
+    log.info("warm-started instruct checkpoint written to %s (final SFT loss %.3f)", out_folder, loss.item())
+    return out_folder

@@ -1,0 +1,93 @@
+"""What the GRPO and SFT LightningModules share: the policy, optimiser and schedule, validation
+by batched generation (accuracy by modality and question type), and exact-resume checkpoints."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import lightning as L
+import numpy as np
+import torch
+
+from medr1.evaluation import Generator, evaluate_batches, greedy
+from medr1.metrics import EvalAccumulator, score
+
+
+class VQAModule(L.LightningModule):
+    def __init__(
+        self,
+        *,
+        model,
+        processor,
+        optimizer: Callable,  # partial(torch.optim.X, lr=...): called with the trainable parameters
+        scheduler: dict,  # {name: constant|linear|cosine, warmup_ratio, warmup_steps}
+        eval_max_new_tokens: int,
+    ):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler)
+        self.eval_max_new_tokens = eval_max_new_tokens
+        self.generator = Generator.for_model(model, processor)
+        self._val_accumulator = EvalAccumulator()
+
+    # --- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: check tuning (LoRA targets / frozen modules)")
+        optimizer = self.optimizer_factory(params)
+        total = max(1, self.optimizer_steps_total())
+        warmup = int(self.scheduler_cfg.get("warmup_steps") or round(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total))
+        scheduler = get_scheduler(self.scheduler_cfg.get("name", "constant_with_warmup"), optimizer,
+                                  num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_steps_total(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    # --- validation: batched greedy generation -------------------------------------------------
+
+    def validation_step(self, batch, batch_idx):
+        _, _, texts = self.generator.complete(self.model, batch, greedy(self.eval_max_new_tokens))
+        self._val_accumulator.update(score(batch.records, texts, self.processor.tokenizer))
+
+    def on_validation_epoch_end(self):
+        if self._val_accumulator.n == 0:
+            return
+        summary = self._val_accumulator.summary()
+        self._val_accumulator = EvalAccumulator()
+        metrics = {"val/accuracy": summary["accuracy"], "val/format_rate": summary["format_rate"],
+                   "val/reasoning_length": summary["reasoning_length"]}
+        metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_modality"].items()}
+        metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"])
+
+    def evaluate(self, batches, *, progress: bool = True, description: str = "evaluating"):
+        return evaluate_batches(self.model, batches, self.generator, greedy(self.eval_max_new_tokens),
+                                progress=progress, description=description)
+
+    # --- exact resume: random states travel with the checkpoint ---------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["medr1_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("medr1_rng")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])

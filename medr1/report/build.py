@@ -1,0 +1,119 @@
+"""build_report: sweep directory in, generalization matrices, comparison, heatmaps (and W&B) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medr1.report.heatmap import plot_heatmap
+from medr1.report.runs import Run, fold_base_runs, load_runs
+from medr1.report.tables import (
+    MODALITY_AXIS,
+    QUESTION_TYPE_AXIS,
+    Table,
+    build_comparison,
+    build_matrix,
+    to_markdown,
+    varies_question_type,
+    write_csv,
+)
+from medr1.report.wandb_log import DEFAULT_PROJECT, log_report
+
+
+@dataclass
+class ReportResult:
+    """What build_report computed and wrote."""
+
+    sweep_dir: Path
+    out_dir: Path
+    experiment: str  # experiment_name of the runs (the sweep folder's name if unset)
+    runs: list[Run]  # every run dir found, natural path order
+    modality_matrix: Table
+    question_type_matrix: Table | None  # None unless some run trains on one question type
+    comparison: Table
+    paths: dict[str, Path]  # file name -> path written, e.g. "matrix_modality.csv"
+    markdown: str  # every table as Markdown, in the order written
+    wandb_dir: Path | None = None  # the local W&B run folder, when logged
+
+    @property
+    def tables(self) -> list[Table]:
+        return [t for t in (self.modality_matrix, self.question_type_matrix, self.comparison) if t]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def experiment_of(runs: list[Run], sweep_dir: Path) -> str:
+    names = [run.experiment_name for run in sorted(runs, key=lambda run: run.is_base) if run.experiment_name]
+    unique = list(dict.fromkeys(names))
+    return " + ".join(unique) if unique else sweep_dir.resolve().name
+
+
+def _wandb_wanted(runs: list[Run], use_wandb: bool | None) -> bool:
+    if use_wandb is not None:
+        return use_wandb
+    return any(run.logger_name == "wandb" for run in runs)
+
+
+def _wandb_project(runs: list[Run]) -> str:
+    projects = [run.logger_project for run in runs if run.logger_name == "wandb" and run.logger_project]
+    return projects[0] if projects else DEFAULT_PROJECT
+
+
+def _write_table(table: Table, out_dir: Path, paths: dict[str, Path]) -> str:
+    markdown = to_markdown(table)
+    md_path = out_dir / f"{table.name}.md"
+    md_path.write_text(markdown)
+    paths[md_path.name] = md_path
+    csv_path = write_csv(table, out_dir / f"{table.name}.csv")
+    paths[csv_path.name] = csv_path
+    return markdown
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def build_report(sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool | None = None) -> ReportResult:
+    """Read every run below `sweep_dir` and write the report files into `out_dir` (default: sweep_dir).
+
+    use_wandb: None = log to W&B when any run logged there (logger.name == "wandb").
+    Raises ReportError when `sweep_dir` is missing or holds no run directory.
+    """
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir)
+    out_dir = Path(out_dir) if out_dir is not None else sweep_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = experiment_of(runs, sweep_dir)
+    bases = fold_base_runs(runs)
+
+    modality = build_matrix(runs, bases, MODALITY_AXIS, experiment)
+    question_type = None
+    if varies_question_type(runs):
+        question_type = build_matrix(runs, bases, QUESTION_TYPE_AXIS, experiment)
+    comparison = build_comparison(runs, bases, experiment)
+
+    paths: dict[str, Path] = {}
+    markdown = []
+    images: dict[str, Path] = {}
+    for table in (modality, question_type, comparison):
+        if table is None:
+            continue
+        markdown.append(_write_table(table, out_dir, paths))
+        if table.name.startswith("matrix_"):
+            axis = table.name.removeprefix("matrix_")
+            title = f"{experiment}\naccuracy (%), train {axis.replace('_', ' ')} → test"
+            image = plot_heatmap(table, out_dir / f"heatmap_{axis}.png", title=title)
+            paths[image.name] = images[image.stem] = image
+
+    result = ReportResult(
+        sweep_dir, out_dir, experiment, runs, modality, question_type, comparison, paths, "\n".join(markdown)
+    )
+    if _wandb_wanted(runs, use_wandb):
+        result.wandb_dir = log_report(
+            result.tables, images, project=_wandb_project(runs), group=experiment, run_dir=sweep_dir
+        )
+    return result

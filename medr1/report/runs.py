@@ -1,0 +1,209 @@
+"""Find the run directories of a sweep and read what the report needs from each.
+
+A run directory is any directory holding `.hydra/config.yaml`; its results are in
+`eval/summary.json`. Configs are read without resolving: Hydra saves them with `${...}`
+interpolations (some need Hydra's resolvers), so only the plain keys below are selected one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medr1.data.names import canonical_modality, canonical_question_type
+
+RUN_DIR_HINT = (
+    "a run directory is a folder holding `.hydra/config.yaml` (written by `python run.py`) "
+    "and, once it finished, `eval/summary.json`"
+)
+# Folders inside a run that never hold another run; skipped to keep the walk fast.
+_SKIP_DIRS = {".hydra", "wandb", "checkpoints", "eval", "__pycache__", ".git"}
+
+
+class ReportError(RuntimeError):
+    """The sweep directory cannot be reported on; the message says why and what to pass instead."""
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the report knows about one run directory."""
+
+    path: Path  # the run directory
+    relative: str  # its path relative to the sweep dir ("." for the sweep dir itself)
+    mode: str  # "train" | "eval" (eval = base model, no training)
+    experiment_name: str | None
+    model_name: str | None
+    model_path: str | None
+    algo: str | None
+    train_modality: str  # canonical name or "all"
+    train_question_type: str  # canonical name or "all"
+    prompt: str | None
+    reward: str | None
+    tuning: str | None
+    logger_name: str | None
+    logger_project: str | None
+    overrides: tuple[str, ...]  # `.hydra/overrides.yaml`, as typed on the command line
+    summary: dict | None  # eval/summary.json, None when missing or unreadable
+    problem: str | None  # why `summary` is None, e.g. "no eval/summary.json"
+
+    @property
+    def is_base(self) -> bool:
+        return self.mode == "eval"
+
+
+def _select(cfg: DictConfig, key: str) -> str | None:
+    """One config value as a string, resolving only that key; None when absent or unresolvable."""
+    value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if value is None or isinstance(value, DictConfig | ListConfig):
+        return None
+    return str(value)
+
+
+def _canonical_or_raw(name: str | None, canonical) -> str:
+    """Return "all" for no restriction, else the canonical name (unknown names are kept as written)."""
+    if name is None or name.lower() == "all":
+        return "all"
+    try:
+        return canonical(name)
+    except KeyError:
+        return name
+
+
+def _read_overrides(run_dir: Path) -> tuple[str, ...]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ()
+    overrides = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return tuple(str(item) for item in overrides or [])
+
+
+def _read_summary(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(summary, None) or (None, the reason it cannot be used)."""
+    path = run_dir / "eval" / "summary.json"
+    if not path.is_file():
+        return None, "no eval/summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return None, f"eval/summary.json unreadable: {error}"
+    accuracy = summary.get("accuracy") if isinstance(summary, dict) else None
+    if not isinstance(accuracy, int | float) or not 0.0 <= accuracy <= 1.0:
+        return None, "eval/summary.json has no 'accuracy' fraction in [0, 1]"
+    return summary, None
+
+
+def load_run(run_dir: Path, sweep_dir: Path) -> Run:
+    """Read one run directory (config keys, overrides, summary)."""
+    config_path = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(config_path)
+    except Exception as error:  # yaml's scanner/parser errors have no common public base
+        raise ReportError(f"{config_path} is not valid YAML ({error}); fix or remove that run dir") from error
+    if not isinstance(cfg, DictConfig):
+        raise ReportError(f"{config_path} is not a mapping; {RUN_DIR_HINT}")
+    summary, problem = _read_summary(run_dir)
+    return Run(
+        path=run_dir,
+        relative=run_dir.relative_to(sweep_dir).as_posix(),
+        mode=_select(cfg, "mode") or "train",
+        experiment_name=_select(cfg, "experiment_name"),
+        model_name=_select(cfg, "model.name"),
+        model_path=_select(cfg, "model.path"),
+        algo=_select(cfg, "algo.name"),
+        train_modality=_canonical_or_raw(_select(cfg, "modality.name"), canonical_modality),
+        train_question_type=_canonical_or_raw(_select(cfg, "question_type.name"), canonical_question_type),
+        prompt=_select(cfg, "prompt.name"),
+        reward=_select(cfg, "reward.name"),
+        tuning=_select(cfg, "tuning.name"),
+        logger_name=_select(cfg, "logger.name"),
+        logger_project=_select(cfg, "logger.project"),
+        overrides=_read_overrides(run_dir),
+        summary=summary,
+        problem=problem,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# All runs of a sweep
+# --------------------------------------------------------------------------------------------------
+
+
+def natural_key(text: str) -> list:
+    """Sort key that puts "2" before "10" (Hydra numbers its jobs 0, 1, ..., 10, ...)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Every directory at any depth below `sweep_dir` (itself included) holding `.hydra/config.yaml`."""
+    found = []
+    for root, dirnames, _ in os.walk(sweep_dir):
+        if (Path(root) / ".hydra" / "config.yaml").is_file():
+            found.append(Path(root))
+        dirnames[:] = [name for name in dirnames if name not in _SKIP_DIRS]
+    return sorted(found, key=lambda path: natural_key(path.relative_to(sweep_dir).as_posix()))
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """All runs of the sweep, in natural path order; ReportError when there are none."""
+    if not sweep_dir.is_dir():
+        raise ReportError(
+            f"sweep directory {sweep_dir} does not exist; pass a Hydra multirun directory such as "
+            "multirun/2026-11-22/10-00-00 (or a single run directory)"
+        )
+    run_dirs = find_run_dirs(sweep_dir)
+    if not run_dirs:
+        raise ReportError(
+            f"no run directories found in {sweep_dir}; {RUN_DIR_HINT}. Pass the sweep directory that "
+            "Hydra printed for `python run.py -m ...` (it holds multirun.yaml and the folders 0/, 1/, ...)"
+        )
+    return [load_run(run_dir, sweep_dir) for run_dir in run_dirs]
+
+
+# --------------------------------------------------------------------------------------------------
+# Base-model runs: fold duplicates
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseRow:
+    """One base-model row standing for one or more identical `mode=eval` runs."""
+
+    label: str  # "base", or "base: <model>" when the sweep holds several base models
+    run: Run  # the run shown (first by path that has a summary, else first by path)
+    folded: tuple[Run, ...]  # the other runs of the same base model, not shown
+
+
+def fold_base_runs(runs: list[Run]) -> list[BaseRow]:
+    """One row per distinct base model (model.path); duplicates from the sweep's product are folded."""
+    groups: dict[str | None, list[Run]] = {}
+    for run in runs:
+        if run.is_base:
+            groups.setdefault(run.model_path, []).append(run)
+    names = [group[0].model_name for group in groups.values()]
+    use_names = len(set(names)) == len(names)
+    rows = []
+    for model_path, group in groups.items():
+        shown = next((run for run in group if run.summary is not None), group[0])
+        label = "base"
+        if len(groups) > 1:
+            label = f"base: {group[0].model_name if use_names else model_path}"
+        rows.append(BaseRow(label, shown, tuple(run for run in group if run is not shown)))
+    return rows
+
+
+def base_for(run: Run, bases: list[BaseRow]) -> BaseRow | None:
+    """The base row a trained run is compared with: same model.path, else the only base."""
+    for base in bases:
+        if base.run.model_path == run.model_path:
+            return base
+    return bases[0] if len(bases) == 1 else None

@@ -1,0 +1,46 @@
+"""Log the report to Weights & Biases as one `job_type="report"` run grouped with the sweep.
+
+wandb is imported here, only when asked for: the report itself needs nothing beyond matplotlib.
+Offline unless WANDB_API_KEY is set (an explicit WANDB_MODE wins), like the training runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medr1.report.tables import Table
+
+DEFAULT_PROJECT = "medr1"
+
+
+def wandb_mode() -> str:
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def log_report(
+    tables: list[Table], images: dict[str, Path], *, project: str, group: str, run_dir: Path
+) -> Path | None:
+    """Log `tables` as wandb.Table and `images` as wandb.Image; return the local run folder."""
+    import wandb  # lazy: slow to import and optional for the report
+
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="report",
+        name=f"report {group}",
+        mode=wandb_mode(),
+        dir=str(run_dir),
+        config={"sweep_dir": str(run_dir)},
+    )
+    try:
+        payload = {
+            table.name: wandb.Table(columns=table.columns, data=[list(row) for row in table.rows])
+            for table in tables
+        }
+        payload.update({name: wandb.Image(str(path)) for name, path in images.items()})
+        run.log(payload)
+        local_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+    finally:
+        run.finish()
+    return local_dir

@@ -1,0 +1,91 @@
+"""Build the run's objects from the resolved Hydra config, in one place: model, processor, data,
+reward, LightningModule, loggers and Trainer. `train` and `evaluate` both call these."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medr1.data.datamodule import VQADataModule
+from medr1.models.loading import apply_tuning, load_model, load_processor, resolve_model_path, trainable_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Policy:
+    model: object
+    processor: object
+    path: str
+
+
+def load_policy(cfg: DictConfig, *, train: bool) -> Policy:
+    """Policy and processor from model.path (HF id / folder) or the offline-built checkpoint."""
+    path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+    log.info("loading model %s from %s", cfg.model.name, path)
+    processor = load_processor(cfg.model, path)
+    model = load_model(cfg.model, path)
+    if train:
+        model = apply_tuning(model, cfg.tuning)
+        log.info("tuning=%s: %s", cfg.tuning.name, trainable_summary(model))
+    else:
+        model.eval()
+    return Policy(model, processor, path)
+
+
+def build_datamodule(cfg: DictConfig, processor, *, with_targets: bool = False) -> VQADataModule:
+    return VQADataModule(
+        source=instantiate(cfg.data.source),
+        processor=processor,
+        prompt=cfg.prompt.template,
+        train_modality=cfg.modality.name,
+        train_question_type=cfg.question_type.name,
+        batch_size=int(cfg.data.batch_size),
+        eval_batch_size=int(cfg.data.eval_batch_size),
+        num_workers=int(cfg.data.num_workers),
+        max_train_samples=cfg.data.get("max_train_samples"),
+        max_test_per_modality=cfg.data.get("max_test_per_modality"),
+        val_size=cfg.data.get("val_size"),
+        with_targets=with_targets,
+        max_prompt_length=cfg.algo.get("max_prompt_length"),
+        seed=int(cfg.seed),
+    )
+
+
+def wandb_mode(logger_cfg: DictConfig) -> str:
+    """offline unless the user has credentials (WANDB_API_KEY or a netrc entry) or set offline=false."""
+    if logger_cfg.get("offline") is not None:
+        return "offline" if logger_cfg.offline else "online"
+    netrc = Path("~/.netrc").expanduser()
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+    return "online" if has_key else "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """CSV always (run_dir/metrics.csv); W&B too with logger=wandb."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [] if cfg.logger.name == "none" else [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logger.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = wandb_mode(cfg.logger)
+        tags = [f"algo:{cfg.algo.name}", f"modality:{cfg.modality.name}", f"question_type:{cfg.question_type.name}",
+                f"reward:{cfg.reward.name}", f"prompt:{cfg.prompt.name}", f"model:{cfg.model.name}"]
+        loggers.append(
+            WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), group=cfg.experiment_name,
+                        tags=tags, save_dir=str(run_dir), mode=mode, job_type=cfg.mode,
+                        name=run_dir.name if run_dir.name.isdigit() is False else f"{cfg.experiment_name}-{run_dir.name}")
+        )
+        loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))

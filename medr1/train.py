@@ -1,0 +1,114 @@
+"""`mode=train`: fit GRPO or SFT on the training split, then evaluate on the whole test split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig
+
+from medr1.evaluation import write_eval_outputs
+from medr1.rl.module import GRPOModule
+from medr1.rl.rewards import build_reward
+from medr1.setup import build_datamodule, build_loggers, build_trainer, load_policy
+from medr1.sft.module import SFTModule
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Hydra's output folder for this run (`hydra.run.dir` / the sweep subfolder)."""
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called outside @hydra.main (tests with compose): use paths.output_dir
+        return Path(cfg.paths.output_dir)
+
+
+def build_module(cfg: DictConfig, policy, datamodule):
+    common = dict(
+        model=policy.model, processor=policy.processor,
+        optimizer=instantiate(cfg.algo.optimizer), scheduler=cfg.algo.scheduler,
+        eval_max_new_tokens=int(cfg.eval.max_new_tokens),
+    )
+    if cfg.algo.name == "grpo":
+        reference = GRPOModule.reference_for(policy.model, cfg.algo, cfg.tuning.name)
+        return GRPOModule(reward=build_reward(cfg.reward), algo=cfg.algo, reference_model=reference,
+                          sample_table_every=int(cfg.logger.get("sample_table_every", 0) or 0), **common)
+    if cfg.algo.name == "sft":
+        return SFTModule(**common)
+    raise ValueError(f"algo={cfg.algo.name!r}; choose grpo or sft")
+
+
+def save_final(module, run_dir: Path) -> Path:
+    """The trained policy as a plain HF folder (LoRA merged), loadable with model.path=<folder>."""
+    folder = run_dir / "checkpoints" / "final"
+    model = module.model
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(folder)
+    module.processor.save_pretrained(folder)
+    return folder
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train per cfg; returns the final evaluation summary (also written to <run dir>/eval/)."""
+    L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_num_threads(int(cfg.get("num_threads") or torch.get_num_threads()))
+    run_dir = run_dir_of(cfg)
+    policy = load_policy(cfg, train=True)
+    datamodule = build_datamodule(cfg, policy.processor, with_targets=cfg.algo.name == "sft")
+    datamodule.setup("fit")
+    module = build_module(cfg, policy, datamodule)
+    callbacks = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_train_steps=int(cfg.checkpoint.every_n_steps),
+                        save_last=True, save_top_k=-1 if cfg.checkpoint.keep_all else 1),
+    ]
+    loggers = build_loggers(cfg, run_dir)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+
+    start_summary = None
+    if cfg.eval.before_training:
+        predictions, start_summary = module.evaluate(datamodule.test_dataloader(), description="evaluating before training")
+        write_eval_outputs(run_dir / "eval_before", predictions, start_summary, "before training")
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    log.info("training took %.1f s", time.perf_counter() - started)
+    final = save_final(module, run_dir)
+    log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)
+
+    predictions, summary = module.evaluate(datamodule.test_dataloader(), description="evaluating on the test split")
+    write_eval_outputs(run_dir, predictions, summary, f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}")
+    if start_summary is not None:
+        print(f"test accuracy: {100 * start_summary['accuracy']:.1f}% before training -> "
+              f"{100 * summary['accuracy']:.1f}% after", flush=True)
+    for logger in loggers:
+        logger.log_metrics({f"test/accuracy_{k}": v for k, v in summary["by_modality"].items()}
+                           | {f"test/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
+                           | {"test/accuracy": summary["accuracy"], "test/format_rate": summary["format_rate"],
+                              "test/reasoning_length": summary["reasoning_length"]}, step=trainer.global_step)
+        logger.finalize("success")
+    return summary
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """checkpoint.resume: null (fresh), "last" (this run dir's last.ckpt, if any) or a .ckpt path."""
+    resume = cfg.checkpoint.get("resume")
+    if not resume:
+        return None
+    if resume == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(resume).exists():
+        raise FileNotFoundError(f"checkpoint.resume={resume!r} does not exist; pass a .ckpt path, 'last' or null")
+    return str(resume)

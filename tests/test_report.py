@@ -1,0 +1,437 @@
+"""medr1.report on small hand-written sweep directories with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from statistics import mean
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from PIL import Image
+
+from medr1.report import ReportError, ReportResult, build_report
+
+BASE_PATH = "Qwen/Qwen2-VL-2B-Instruct"
+
+# --------------------------------------------------------------------------------------------------
+# Sweep builders
+# --------------------------------------------------------------------------------------------------
+
+
+def write_run(
+    sweep: Path,
+    relative: str,
+    *,
+    mode: str = "train",
+    modality: str = "all",
+    question_type: str = "all",
+    algo: str = "grpo",
+    prompt: str = "think",
+    model_name: str = "qwen2_vl_2b",
+    model_path: str = BASE_PATH,
+    logger: str = "csv",
+    experiment: str = "med_r1_cross_modality",
+    overrides: list[str] | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """One run dir as `python run.py` writes it; the config keeps interpolations Hydra alone resolves."""
+    run_dir = sweep / relative
+    (run_dir / ".hydra").mkdir(parents=True)
+    config = {
+        "mode": mode,
+        "experiment_name": experiment,
+        "paths": {"out": "${hydra:runtime.output_dir}"},  # unresolvable outside Hydra
+        "data": {"root": "${paths.out}/data"},
+        "model": {"name": model_name, "path": model_path},
+        "algo": {"name": algo, "lr": 1.0e-6},
+        "modality": {"name": modality},
+        "question_type": {"name": question_type},
+        "prompt": {"name": prompt},
+        "reward": {"name": "default"},
+        "tuning": {"name": "full"},
+        "logger": {"name": logger, "project": "medr1-tests", "save_dir": "${paths.out}"},
+    }
+    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides or []), run_dir / ".hydra" / "overrides.yaml")
+    if summary is not None:
+        (run_dir / "eval").mkdir()
+        (run_dir / "eval" / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def make_summary(by_modality: dict, by_question_type: dict | None = None, **extra) -> dict:
+    summary = {
+        "accuracy": round(mean(by_modality.values()), 4),
+        "n": 300,
+        "by_modality": by_modality,
+        "by_question_type": by_question_type or {"disease_diagnosis": 0.5},
+        "format_rate": 0.95,
+        "reasoning_length": 42.5,
+    }
+    return summary | extra
+
+
+BASE = {"ct": 0.30, "mri": 0.40, "xray": 0.50}
+TRAINED = {
+    "ct": {"ct": 0.80, "mri": 0.45, "xray": 0.55},
+    "mri": {"ct": 0.52, "mri": 0.85, "xray": 0.61},
+}
+
+
+@pytest.fixture
+def cross_modality(tmp_path: Path) -> Path:
+    """`-m mode=eval,train modality=ct,mri,xray`: 3 identical base runs, 3 trained, xray unfinished."""
+    sweep = tmp_path / "multirun" / "2026-11-22" / "10-00-00"
+    (sweep).mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for job, modality in enumerate(["ct", "mri", "xray"]):
+        base = make_summary(BASE, accuracy=0.41 + 0.01 * job)  # job 0 must be the one shown
+        overrides = ["experiment=med_r1_cross_modality", "mode=eval", f"modality={modality}"]
+        write_run(sweep, str(job), mode="eval", modality=modality, overrides=overrides, summary=base)
+    for job, modality in enumerate(["ct", "mri", "xray"], start=3):
+        overrides = ["experiment=med_r1_cross_modality", "mode=train", f"modality={modality}"]
+        summary = make_summary(TRAINED[modality]) if modality in TRAINED else None
+        write_run(sweep, str(job), modality=modality, overrides=overrides, summary=summary)
+    return sweep
+
+
+def rows_by_label(table) -> dict[str, list]:
+    return {row[0]: row for row in table.rows}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------------------------------
+# Modality matrix
+# --------------------------------------------------------------------------------------------------
+
+
+def test_matrix_cells_equal_summaries(cross_modality: Path):
+    result = build_report(cross_modality)
+    table = result.modality_matrix
+    assert table.axis == ["ct", "mri", "xray"]
+    assert [row[0] for row in table.rows] == ["base", "ct", "mri", "xray"]
+    rows = rows_by_label(table)
+    for label, by_modality in [("base", BASE), *TRAINED.items()]:
+        for column, value in by_modality.items():
+            assert rows[label][table.columns.index(column)] == value
+
+
+def test_in_and_out_of_domain_by_hand(cross_modality: Path):
+    table = build_report(cross_modality).modality_matrix
+    rows = rows_by_label(table)
+    col = table.columns.index
+    assert rows["ct"][col("in-domain")] == 0.80
+    assert rows["ct"][col("out-of-domain")] == pytest.approx((0.45 + 0.55) / 2)
+    assert rows["mri"][col("in-domain")] == 0.85
+    assert rows["mri"][col("out-of-domain")] == pytest.approx((0.52 + 0.61) / 2)
+    assert rows["base"][col("in-domain")] is None
+    assert rows["base"][col("out-of-domain")] == pytest.approx((0.30 + 0.40 + 0.50) / 3)
+    assert rows["ct"][col("overall")] == round(mean(TRAINED["ct"].values()), 4)
+
+
+def test_all_row_out_of_domain_is_mean_over_every_column(tmp_path: Path):
+    write_run(tmp_path, "0", modality="all", summary=make_summary({"ct": 0.6, "oct": 0.9}))
+    table = build_report(tmp_path).modality_matrix
+    row = rows_by_label(table)["all"]
+    assert row[table.columns.index("in-domain")] is None
+    assert row[table.columns.index("out-of-domain")] == pytest.approx(0.75)
+
+
+def test_missing_run_is_a_row_with_missing_cells(cross_modality: Path):
+    result = build_report(cross_modality)
+    table = result.modality_matrix
+    row = rows_by_label(table)["xray"]
+    assert row[1:-1] == [None] * (len(table.columns) - 2)
+    assert row[-1] == "(missing: no eval/summary.json)"
+    markdown = (cross_modality / "matrix_modality.md").read_text()
+    xray_line = next(line for line in markdown.splitlines() if line.startswith("| xray"))
+    assert xray_line.count("—") == 6 and "(missing: no eval/summary.json)" in xray_line
+    assert any("run dir 5" in note for note in table.notes)
+    comparison = rows_by_label(result.comparison)["modality=xray"]
+    assert comparison[1] is None and "missing" in comparison[-1]
+
+
+def test_unreadable_summary_is_shown_as_missing_with_reason(tmp_path: Path):
+    run_dir = write_run(tmp_path, "0", modality="ct", summary=make_summary({"ct": 0.5}))
+    (run_dir / "eval" / "summary.json").write_text("{not json")
+    row = build_report(tmp_path).modality_matrix.rows[0]
+    assert row[0] == "ct" and "unreadable" in row[-1]
+
+
+def test_markdown_shows_percentages_and_display_names(cross_modality: Path):
+    result = build_report(cross_modality)
+    markdown = (cross_modality / "matrix_modality.md").read_text()
+    assert result.markdown.startswith(markdown)
+    assert "| train \\ test | CT | MRI | X-ray | in-domain | out-of-domain | overall |" in markdown
+    assert "| ct | 80.0 | 45.0 | 55.0 | 80.0 | 50.0 |" in markdown
+    assert "| base | 30.0 | 40.0 | 50.0 | — | 40.0 | 41.0 |" in markdown
+
+
+def test_config_is_read_without_resolving(cross_modality: Path):
+    cfg = OmegaConf.load(cross_modality / "0" / ".hydra" / "config.yaml")
+    with pytest.raises(InterpolationResolutionError):
+        OmegaConf.to_container(cfg, resolve=True)
+    run = build_report(cross_modality).runs[0]
+    assert (run.mode, run.model_path, run.logger_project) == ("eval", BASE_PATH, "medr1-tests")
+
+
+def test_runs_found_at_any_depth_in_natural_order(tmp_path: Path):
+    for relative, modality in [("10", "mri"), ("2", "ct"), ("nested/deeper/run", "xray")]:
+        write_run(tmp_path, relative, modality=modality, summary=make_summary({modality: 0.7}))
+    result = build_report(tmp_path)
+    assert [run.relative for run in result.runs] == ["2", "10", "nested/deeper/run"]
+    assert [row[0] for row in result.modality_matrix.rows] == ["ct", "mri", "xray"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Base rows, algo labels, question types
+# --------------------------------------------------------------------------------------------------
+
+
+def test_identical_base_runs_fold_into_one_row(cross_modality: Path):
+    table = build_report(cross_modality).modality_matrix
+    assert [row[0] for row in table.rows].count("base") == 1
+    overall = rows_by_label(table)["base"][table.columns.index("overall")]
+    assert overall == 0.41  # job 0, the first by path
+    assert any("2 duplicate base-model run(s) folded (1, 2)" in note for note in table.notes)
+
+
+def test_base_runs_of_different_models_are_labelled_by_model(tmp_path: Path):
+    write_run(tmp_path, "0", mode="eval", summary=make_summary(BASE))
+    write_run(
+        tmp_path,
+        "1",
+        mode="eval",
+        model_name="qwen2_5_vl_3b",
+        model_path="Qwen/Qwen2.5-VL-3B-Instruct",
+        summary=make_summary({"ct": 0.6}),
+    )
+    labels = [row[0] for row in build_report(tmp_path).modality_matrix.rows]
+    assert labels == ["base: qwen2_vl_2b", "base: qwen2_5_vl_3b"]
+
+
+def test_base_row_prefers_a_duplicate_that_finished(tmp_path: Path):
+    write_run(tmp_path, "0", mode="eval")  # crashed: no summary
+    write_run(tmp_path, "1", mode="eval", summary=make_summary(BASE))
+    table = build_report(tmp_path).modality_matrix
+    assert len(table.rows) == 1 and table.rows[0][1:4] == [0.30, 0.40, 0.50]
+    assert any("folded (0); showing 1" in note for note in table.notes)
+
+
+def test_rows_sharing_a_label_are_told_apart_by_their_overrides(tmp_path: Path):
+    for job, lr in enumerate(["1e-6", "1e-5"]):
+        overrides = ["modality=ct", f"algo.lr={lr}"]
+        write_run(tmp_path, str(job), modality="ct", overrides=overrides, summary=make_summary({"ct": 0.5}))
+    labels = [row[0] for row in build_report(tmp_path).modality_matrix.rows]
+    assert labels == ["ct (algo.lr=1e-6)", "ct (algo.lr=1e-5)"]
+
+
+def test_rows_carry_algo_when_runs_differ_in_algo(tmp_path: Path):
+    write_run(tmp_path, "0", mode="eval", summary=make_summary(BASE))
+    job = 1
+    for algo in ["sft", "grpo"]:
+        for modality in ["mri", "ct"]:
+            summary = make_summary(TRAINED[modality])
+            write_run(tmp_path, str(job), algo=algo, modality=modality, summary=summary)
+            job += 1
+    labels = [row[0] for row in build_report(tmp_path).modality_matrix.rows]
+    assert labels == ["base", "grpo: ct", "grpo: mri", "sft: ct", "sft: mri"]
+
+
+def test_question_type_matrix_only_when_sweep_varies_it(cross_modality: Path, tmp_path: Path):
+    result = build_report(cross_modality)
+    assert result.question_type_matrix is None
+    assert not (cross_modality / "matrix_question_type.md").exists()
+
+    sweep = tmp_path / "cross_task"
+    by_question_type = {"disease_diagnosis": 0.7, "lesion_grading": 0.3, "modality_recognition": 0.9}
+    write_run(sweep, "0", mode="eval", summary=make_summary(BASE, by_question_type))
+    write_run(
+        sweep,
+        "1",
+        question_type="lesion_grading",
+        summary=make_summary(BASE, {"disease_diagnosis": 0.6, "lesion_grading": 0.8}),
+    )
+    result = build_report(sweep)
+    table = result.question_type_matrix
+    assert table.axis == ["modality_recognition", "disease_diagnosis", "lesion_grading"]
+    row = rows_by_label(table)["lesion_grading"]
+    col = table.columns.index
+    assert row[col("lesion_grading")] == 0.8 and row[col("modality_recognition")] is None
+    assert row[col("in-domain")] == 0.8 and row[col("out-of-domain")] == 0.6
+    for name in ["matrix_question_type.md", "matrix_question_type.csv", "heatmap_question_type.png"]:
+        assert (sweep / name).is_file()
+    assert "| Lesion Grading |" in (sweep / "matrix_question_type.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparison
+# --------------------------------------------------------------------------------------------------
+
+
+def test_comparison_labels_from_differing_overrides_and_deltas(tmp_path: Path):
+    write_run(tmp_path, "0", mode="eval", overrides=["mode=eval"], summary=make_summary(BASE))
+    accuracies = {
+        ("sft", "think"): 0.50,
+        ("sft", "nothink"): 0.55,
+        ("grpo", "think"): 0.62,
+        ("grpo", "nothink"): 0.58,
+    }
+    for job, ((algo, prompt), accuracy) in enumerate(accuracies.items(), start=1):
+        overrides = ["experiment=sft_vs_rl", f"algo={algo}", f"prompt={prompt}"]
+        summary = make_summary(BASE, accuracy=accuracy)
+        write_run(tmp_path, str(job), algo=algo, prompt=prompt, overrides=overrides, summary=summary)
+    table = build_report(tmp_path).comparison
+    base_accuracy = mean(BASE.values())
+    assert table.rows[0][0] == "base"
+    assert table.rows[0][table.columns.index("delta_accuracy_pp")] is None
+    rows = rows_by_label(table)
+    for (algo, prompt), accuracy in accuracies.items():
+        row = rows[f"algo={algo} prompt={prompt}"]
+        assert row[table.columns.index("accuracy")] == accuracy
+        assert row[table.columns.index("delta_accuracy_pp")] == pytest.approx(
+            100 * (accuracy - base_accuracy)
+        )
+        assert row[table.columns.index("format_rate")] == 0.95 and row[table.columns.index("n")] == 300
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert (
+        f"| algo=grpo prompt=think | 62.0 | 95.0 | 42.5 | 300 | {100 * (0.62 - base_accuracy):+.1f} |"
+        in markdown
+    )
+
+
+def test_comparison_without_base_has_blank_deltas(tmp_path: Path):
+    for job, modality in enumerate(["ct", "mri"]):
+        write_run(
+            tmp_path,
+            str(job),
+            modality=modality,
+            overrides=[f"modality={modality}"],
+            summary=make_summary(TRAINED[modality]),
+        )
+    table = build_report(tmp_path).comparison
+    assert [row[0] for row in table.rows] == ["modality=ct", "modality=mri"]
+    assert all(row[table.columns.index("delta_accuracy_pp")] is None for row in table.rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: CSV, PNG, --out
+# --------------------------------------------------------------------------------------------------
+
+
+def test_csv_round_trips_raw_values(cross_modality: Path):
+    result = build_report(cross_modality)
+    rows = {row["train"]: row for row in read_csv(cross_modality / "matrix_modality.csv")}
+    assert list(rows) == [row[0] for row in result.modality_matrix.rows]
+    for column, value in TRAINED["mri"].items():
+        assert float(rows["mri"][column]) == value
+    assert float(rows["ct"]["out-of-domain"]) == rows_by_label(result.modality_matrix)["ct"][-3]
+    assert rows["xray"]["ct"] == "" and rows["xray"]["note"] == "(missing: no eval/summary.json)"
+    comparison = read_csv(cross_modality / "comparison.csv")
+    assert comparison[0]["run"] == "base" and comparison[0]["delta_accuracy_pp"] == ""
+
+
+def test_heatmaps_are_valid_images(cross_modality: Path):
+    result = build_report(cross_modality)
+    path = result.paths["heatmap_modality.png"]
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert 300 <= image.width <= 3000 and 200 <= image.height <= 3000
+
+
+def test_out_dir_receives_every_file(cross_modality: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    result = build_report(cross_modality, out_dir=out, use_wandb=False)
+    expected = {
+        "matrix_modality.md",
+        "matrix_modality.csv",
+        "heatmap_modality.png",
+        "comparison.md",
+        "comparison.csv",
+    }
+    assert set(result.paths) == expected
+    assert {path.name for path in out.iterdir()} == expected
+    assert not (cross_modality / "matrix_modality.md").exists()
+    assert isinstance(result, ReportResult) and result.wandb_dir is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors and CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def test_errors_name_the_directory_and_what_a_run_dir_is(tmp_path: Path):
+    with pytest.raises(ReportError, match=r"no run directories found .*\.hydra/config\.yaml"):
+        build_report(tmp_path)
+    with pytest.raises(ReportError, match="does not exist"):
+        build_report(tmp_path / "nope")
+
+
+def test_broken_config_is_named(tmp_path: Path):
+    run_dir = write_run(tmp_path, "0", summary=make_summary(BASE))
+    (run_dir / ".hydra" / "config.yaml").write_text("mode: [unclosed\n")
+    with pytest.raises(ReportError, match=r"0/\.hydra/config\.yaml is not valid YAML"):
+        build_report(tmp_path)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB")}
+    return subprocess.run(
+        [sys.executable, "-m", "medr1.report", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_prints_the_table(cross_modality: Path):
+    completed = run_cli(str(cross_modality))
+    assert completed.returncode == 0, completed.stderr
+    assert "| train \\ test | CT | MRI | X-ray |" in completed.stdout
+    assert "| ct | 80.0 | 45.0 | 55.0 |" in completed.stdout
+    assert (cross_modality / "heatmap_modality.png").is_file()
+
+
+def test_cli_fails_on_empty_dir(tmp_path: Path):
+    completed = run_cli(str(tmp_path))
+    assert completed.returncode != 0
+    assert ".hydra/config.yaml" in completed.stderr and "Traceback" not in completed.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# W&B
+# --------------------------------------------------------------------------------------------------
+
+
+def test_wandb_offline_run_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "0", mode="eval", logger="wandb", summary=make_summary(BASE))
+    write_run(sweep, "1", modality="ct", logger="wandb", summary=make_summary(TRAINED["ct"]))
+    write_run(sweep, "2", modality="mri", logger="wandb")  # missing cells become nulls in the W&B table
+    result = build_report(sweep)  # logger.name == "wandb" turns W&B on
+    assert result.wandb_dir is not None and result.wandb_dir.is_dir()
+    assert result.wandb_dir.name.startswith("offline-run-")
+    assert result.wandb_dir.is_relative_to(sweep)
+    assert list(result.wandb_dir.glob("*.wandb"))
+    media = result.wandb_dir / "files" / "media"
+    assert {path.name.split("_0_")[0] for path in (media / "table").iterdir()} == {
+        "matrix_modality",
+        "comparison",
+    }
+    assert list((media / "images").glob("heatmap_modality*.png"))
+    # a second report on the same sweep ignores the wandb folder it left there
+    assert len(build_report(sweep, use_wandb=False).runs) == 3
