@@ -1,22 +1,60 @@
-"""`mode=eval`: answer every test question with the configured model (zero-shot or a checkpoint)."""
+"""`mode=eval`: answer every test question with the configured model (zero-shot or a checkpoint).
+
+A sweep repeats the base-model row once per swept value (`mode=eval,train` x `modality=...`); with
+`eval.reuse=true` an evaluation whose inputs are identical (model files, data, prompt, generation
+settings) is computed once and copied into the other run directories.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
+from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medr1.evaluation import Generator, evaluate_batches, greedy, write_eval_outputs
+from medr1.metrics import format_summary
+from medr1.models.loading import resolve_model_path
 from medr1.setup import build_datamodule, load_policy
 from medr1.train import run_dir_of
 
 log = logging.getLogger(__name__)
 
 
+def evaluation_key(cfg: DictConfig, model_path: str) -> str:
+    """Hash of everything an evaluation's result depends on."""
+    files = {}
+    folder = Path(model_path)
+    if folder.is_dir():  # a local folder can change in place: key on its files' sizes and times
+        files = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+    inputs = {
+        "model": model_path, "files": files,
+        "pixels": [cfg.model.min_pixels, cfg.model.max_pixels], "dtype": cfg.model.dtype,
+        "data": OmegaConf.to_container(cfg.data.source, resolve=True),
+        "max_test_per_modality": cfg.data.get("max_test_per_modality"),
+        "prompt": cfg.prompt.template, "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate cfg.model on the whole test split; writes <run dir>/eval/ and returns the summary."""
     L.seed_everything(int(cfg.seed))
+    run_dir = run_dir_of(cfg)
+    stored = None
+    if cfg.eval.get("reuse"):
+        stored = Path(cfg.paths.cache_dir).expanduser() / "evaluations" / evaluation_key(
+            cfg, resolve_model_path(cfg.model, cfg.paths.cache_dir))
+        if (stored / "summary.json").exists():
+            shutil.copytree(stored, run_dir / "eval", dirs_exist_ok=True)
+            summary = json.loads((stored / "summary.json").read_text())
+            print(format_summary(summary, f"{cfg.model.name} (identical evaluation reused from {stored})"), flush=True)
+            return summary
+
     policy = load_policy(cfg, train=False)
     if cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         policy.model.to("cuda")
@@ -26,5 +64,8 @@ def evaluate(cfg: DictConfig) -> dict:
         policy.model, datamodule.test_dataloader(), Generator.for_model(policy.model, policy.processor),
         greedy(int(cfg.eval.max_new_tokens)),
     )
-    write_eval_outputs(run_dir_of(cfg), predictions, summary, f"{cfg.model.name} ({policy.path})")
+    eval_dir = write_eval_outputs(run_dir, predictions, summary, f"{cfg.model.name} ({policy.path})")
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(eval_dir, stored, dirs_exist_ok=True)
     return summary

@@ -32,7 +32,7 @@ def load_policy(cfg: DictConfig, *, train: bool) -> Policy:
     processor = load_processor(cfg.model, path)
     model = load_model(cfg.model, path)
     if train:
-        model = apply_tuning(model, cfg.tuning)
+        model = apply_tuning(model, cfg.tuning).train()
         log.info("tuning=%s: %s", cfg.tuning.name, trainable_summary(model))
     else:
         model.eval()

@@ -70,7 +70,9 @@ class MedR1Splits:
         train = self.read_part("train", checker, counter, other)
         test = self.read_part("test", checker, counter, other)
         counter.report(f"Med-R1 splits at {self.root / 'Splits' / self.split_by}")
-        log.info("Med-R1 splits: %d train, %d test records (split by %s)", len(train), len(test), self.split_by)
+        log.info(
+            "Med-R1 splits: %d train, %d test records (split by %s)", len(train), len(test), self.split_by
+        )
         return Splits(train=train, test=test, skipped=counter.total)
 
     def split_files(self, group_kind: str, part: str) -> list[Path]:
@@ -141,7 +143,11 @@ class MedR1Splits:
                 name = group_from_file_name(path, kind, part, counter)
                 items = read_json_list(path, counter) if name is not None else None
                 for item in items or []:
-                    if isinstance(item, dict) and clean_text(item.get("image")) and clean_text(item.get("problem")):
+                    if (
+                        isinstance(item, dict)
+                        and clean_text(item.get("image"))
+                        and clean_text(item.get("problem"))
+                    ):
                         lookup.setdefault((clean_text(item["image"]), clean_text(item["problem"])), name)
         return lookup
 
@@ -207,7 +213,9 @@ def parse_solution(solution: str, options: dict[str, str]) -> str:
     """The letter in "<answer> C </answer>", which must be one of the options."""
     match = _SOLUTION.fullmatch(solution)
     if match is None:
-        raise ValueError(f"malformed solution: expected '<answer> X </answer>' with one letter, got {solution!r}")
+        raise ValueError(
+            f"malformed solution: expected '<answer> X </answer>' with one letter, got {solution!r}"
+        )
     letter = match.group(1).upper()
     if letter not in options:
         raise ValueError(f"answer is not among options: solution {letter!r}, options {list(options)}")

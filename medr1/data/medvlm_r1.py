@@ -93,15 +93,20 @@ class MedVLMR1:
         self.cache_dir = cache_dir
 
     def load(self) -> Splits:
+        """Train from `root` (one modality, seeded), test from `test_root` or from `root`'s remaining items."""
         counter = SkipCounter(self.on_bad_record)
         checker = ImageChecker(self.verify_images)
         data_file = self.data_file()
         rows = read_rows(data_file, counter, self.cache_dir)
         by_modality = rows_by_modality(rows)
         build = functools.partial(huatuo_record, data_file=data_file, checker=checker)
-        train, used = take_records(self.shuffled(by_modality.get(self.modality, [])), self.train_size, build, counter)
+        train, used = take_records(
+            self.shuffled(by_modality.get(self.modality, [])), self.train_size, build, counter
+        )
         if len(train) < self.train_size:
-            log.warning("MedVLM-R1: only %d %s training questions in %s", len(train), self.modality, data_file)
+            log.warning(
+                "MedVLM-R1: only %d %s training questions in %s", len(train), self.modality, data_file
+            )
         if self.test_root is not None:
             test = self.test_from_omnimedvqa(train, checker, counter)
         else:
@@ -133,7 +138,9 @@ class MedVLMR1:
         """`items` in the order of datasets' Dataset.shuffle(seed=self.seed)."""
         return [items[i] for i in np.random.default_rng(self.seed).permutation(len(items))]
 
-    def test_from_omnimedvqa(self, train: list[VQARecord], checker: ImageChecker, counter: SkipCounter) -> list[VQARecord]:
+    def test_from_omnimedvqa(
+        self, train: list[VQARecord], checker: ImageChecker, counter: SkipCounter
+    ) -> list[VQARecord]:
         """`test_per_modality` seeded OmniMedVQA questions per test modality, none seen in training."""
         # Existence is checked while reading; readability only for the questions drawn (few of ~89k).
         reader = OmniMedVQA(root=self.test_root, on_bad_record=self.on_bad_record, verify_images=False)
@@ -152,19 +159,28 @@ class MedVLMR1:
 
         test: list[VQARecord] = []
         for name in self.test_modalities:
-            drawn, _ = take_records(self._test_order(pool[name], name), self.test_per_modality, checked, counter)
+            drawn, _ = take_records(
+                self._test_order(pool[name], name), self.test_per_modality, checked, counter
+            )
             test += drawn
         return test
 
     def test_from_remaining(
-        self, by_modality: dict[str, list[dict]], used: set[int], train: list[VQARecord], build, counter: SkipCounter
+        self,
+        by_modality: dict[str, list[dict]],
+        used: set[int],
+        train: list[VQARecord],
+        build,
+        counter: SkipCounter,
     ) -> list[VQARecord]:
         """Up to `test_per_modality` seeded items per test modality of `root` that training did not use."""
         seen = {overlap_key(record) for record in train}
         test: list[VQARecord] = []
         for name in self.test_modalities:
             rows = [row for row in by_modality.get(name, []) if row["_index"] not in used]
-            drawn, _ = take_records(self._test_order(rows, name), self.test_per_modality, build, counter, seen)
+            drawn, _ = take_records(
+                self._test_order(rows, name), self.test_per_modality, build, counter, seen
+            )
             test += drawn
         return test
 
@@ -182,7 +198,9 @@ def read_rows(data_file: Path, counter: SkipCounter, cache_dir: str | Path | Non
     from datasets import load_dataset  # slow import; only this reader needs it
 
     try:
-        dataset = load_dataset("json", data_files=str(data_file), split="train", cache_dir=cache_dir)
+        dataset = load_dataset(
+            "json", data_files=str(data_file), split="train", cache_dir=cache_dir and str(cache_dir)
+        )
     except Exception as error:  # datasets wraps JSON and schema errors in its own exception types
         cause = f"{error}; {error.__cause__}" if error.__cause__ else str(error)
         counter.handle(BadRecordError(data_file, FILE_RECORD_ID, f"malformed JSON: {cause}"))
@@ -190,7 +208,9 @@ def read_rows(data_file: Path, counter: SkipCounter, cache_dir: str | Path | Non
     missing = [name for name in REQUIRED_COLUMNS if name not in dataset.column_names]
     if missing:
         counter.handle(
-            BadRecordError(data_file, FILE_RECORD_ID, f"missing field: no {missing} columns (has {dataset.column_names})")
+            BadRecordError(
+                data_file, FILE_RECORD_ID, f"missing field: no {missing} columns (has {dataset.column_names})"
+            )
         )
         return []
     return [dict(row, _index=index) for index, row in enumerate(dataset)]
@@ -206,7 +226,11 @@ def rows_by_modality(rows: Iterable[dict]) -> dict[str, list[dict]]:
         except KeyError:
             other[clean_text(row.get("subset")) or "<empty>"] += 1
     if other:
-        log.info("MedVLM-R1: left out %d items of no known modality (subsets %s)", sum(other.values()), dict(other.most_common(5)))
+        log.info(
+            "MedVLM-R1: left out %d items of no known modality (subsets %s)",
+            sum(other.values()),
+            dict(other.most_common(5)),
+        )
     return groups
 
 
@@ -219,7 +243,9 @@ def huatuo_record(row: dict, data_file: Path, checker: ImageChecker) -> VQARecor
             raise ValueError("missing field: question (absent or empty)")
         options = options_from_list(row.get("options"))
         answer = answer_from_text_or_letter(clean_text(row.get("answer")), options)
-        images = tuple(str(usable_image(data_file.parent, path, checker)) for path in image_list(row.get("image")))
+        images = tuple(
+            str(usable_image(data_file.parent, path, checker)) for path in image_list(row.get("image"))
+        )
         modality = canonical_modality(clean_text(row.get("subset")) or "")
     except ValueError as error:
         raise BadRecordError(data_file, record_id, str(error)) from None
@@ -260,7 +286,11 @@ def answer_from_text_or_letter(answer: str | None, options: dict[str, str]) -> s
 
 def image_list(value: object) -> list[str]:
     paths = [value] if isinstance(value, str) else value
-    if not isinstance(paths, list) or not paths or not all(isinstance(path, str) and path.strip() for path in paths):
+    if (
+        not isinstance(paths, list)
+        or not paths
+        or not all(isinstance(path, str) and path.strip() for path in paths)
+    ):
         raise ValueError(f"missing field: image (expected a path or a list of paths, got {value!r})")
     return paths
 

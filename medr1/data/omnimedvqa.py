@@ -46,7 +46,11 @@ REQUIRED_FIELDS = ("question", "question_type", "gt_answer", "image_path", "opti
 
 
 class OmniMedVQA:
-    """Reads OmniMedVQA's raw QA files and splits them ~80/20 within each modality or question type."""
+    """Reads OmniMedVQA's raw QA files and splits them ~80/20 within each modality or question type.
+
+    Every image must exist; with `verify_images` its header must also read (PIL, cheap), once per file.
+    `access` picks the QA_information sub-folders; an absent one is skipped.
+    """
 
     def __init__(
         self,
@@ -114,7 +118,9 @@ class OmniMedVQA:
 def omnimedvqa_record(item: object, index: int, file: Path, root: Path, checker: ImageChecker) -> VQARecord:
     """Validate one raw item and build its record; BadRecordError names what is wrong."""
     if not isinstance(item, dict):
-        raise BadRecordError(file, f"#{index}", f"malformed item: expected an object, got {type(item).__name__}")
+        raise BadRecordError(
+            file, f"#{index}", f"malformed item: expected an object, got {type(item).__name__}"
+        )
     source = clean_text(item.get("dataset")) or file.stem
     record_id = clean_text(item.get("question_id")) or f"{source}:{index}"
     try:
@@ -198,7 +204,10 @@ def usable_image(root: Path, relative: str, checker: ImageChecker) -> Path:
 def with_hint(problem: str, file: Path) -> str:
     """Add how to get restricted-access images when one of them is missing."""
     if problem.startswith("missing image file") and file.parent.name == "Restricted-access":
-        return problem + " (Restricted-access images must be fetched from their source data sets; or read access=[Open-access])"
+        return (
+            problem
+            + " (Restricted-access images must be fetched from their source data sets; or read access=[Open-access])"
+        )
     return problem
 
 
@@ -216,5 +225,7 @@ def make_ids_unique(records: list[VQARecord]) -> list[VQARecord]:
             unique.append(dataclasses.replace(record, id=f"{record_id}#{number}"))
             repeated += 1
     if repeated:
-        log.warning("OmniMedVQA: %d records share an id with another; suffixed them with #2, #3, ...", repeated)
+        log.warning(
+            "OmniMedVQA: %d records share an id with another; suffixed them with #2, #3, ...", repeated
+        )
     return unique

@@ -109,7 +109,8 @@ def read_json_list(path: Path, counter: SkipCounter) -> list | None:
         counter.handle(BadRecordError(path, FILE_RECORD_ID, f"malformed JSON: {error}"))
         return None
     if not isinstance(items, list):
-        counter.handle(BadRecordError(path, FILE_RECORD_ID, f"malformed JSON: expected a list of items, got {type(items).__name__}"))
+        problem = f"malformed JSON: expected a list of items, got {type(items).__name__}"
+        counter.handle(BadRecordError(path, FILE_RECORD_ID, problem))
         return None
     return items
 
@@ -118,7 +119,8 @@ def resolve_under_root(root: Path, relative: object) -> Path:
     """The absolute path of `relative` inside `root`; ValueError if it is absolute or climbs out with '..'."""
     text = str(relative).replace("\\", "/")
     normal = posixpath.normpath(text)
-    if posixpath.isabs(text) or normal == ".." or normal.startswith("../"):
+    drive = len(text) > 1 and text[1] == ":"  # "C:/..." is absolute too
+    if posixpath.isabs(text) or drive or normal == ".." or normal.startswith("../"):
         raise ValueError(
             f"image path escapes the data root: {text!r} (paths must be relative to {root} and stay inside it)"
         )
@@ -146,6 +148,6 @@ class ImageChecker:
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018  (the header parse is the check)
-        except (OSError, SyntaxError, ValueError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             return f"unreadable image file: {path} ({type(error).__name__}: {error})"
         return None

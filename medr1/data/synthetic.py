@@ -21,7 +21,8 @@ each class appears equally often (up to rounding) within a modality and question
 Output: <root>/QA_information/Open-access/<source>.json with OmniMedVQA's field names (gt_answer is
 the option text, modality_type the raw string), <root>/Images/<source>/<question type>/<id>.png and
 <root>/manifest.json with the generation parameters. The set is generated in a temporary folder next
-to root and renamed into place, and reused when the manifest matches.
+to root and renamed into place; it is reused when the manifest matches, regenerated when only the
+generator version differs, and an error when the parameters differ.
 
     python -m medr1.data.synthetic --root /tmp/synthetic --size 40
 """
@@ -49,7 +50,7 @@ from medr1.data.records import Splits
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when the generated content changes, so stale folders are not reused
+GENERATOR_VERSION = 2  # bump when the generated content changes, so stale folders are not reused
 FAMILIES = (("ct", "mri", "xray", "ultrasound"), ("dermoscopy", "fundus", "oct", "microscopy"))
 DIAGNOSIS_OPTIONS = ("Normal", "Lesion present")
 GRADE_OPTIONS = ("Grade 1 (small)", "Grade 2 (medium)", "Grade 3 (large)")
@@ -88,7 +89,9 @@ class SyntheticMedVQA:
         if size < 1:
             raise ValueError(f"data.size (questions per modality and question type) must be >= 1, got {size}")
         if image_size < 16 or image_size % 2:
-            raise ValueError(f"data.image_size must be even and >= 16 (56 = 2x2 tokens of 28 px), got {image_size}")
+            raise ValueError(
+                f"data.image_size must be even and >= 16 (56 = 2x2 tokens of 28 px), got {image_size}"
+            )
         self.root = Path(root).expanduser().resolve()
         self.params = {
             "generator": "medr1.data.synthetic",
@@ -117,39 +120,55 @@ class SyntheticMedVQA:
 
 
 def ensure_generated(root: Path, params: dict) -> None:
-    """Generate the set into `root` unless it already holds one made with `params`."""
+    """Generate the set into `root` unless it already holds one made with `params`.
+
+    A folder this generator made with other parameters is an error; one made by an older version of
+    the generator with the same parameters is stale derived data, and is regenerated.
+    """
+    stale = False
     if root.exists():
-        check_manifest(root, params)
-        return
+        found = manifest_params(root)
+        if found == params:
+            log.info("synthetic: reusing %s", root)
+            return
+        if {**found, "version": params["version"]} != params:
+            raise FileExistsError(
+                f"{root} holds a synthetic data set generated with different parameters: found {found}, "
+                f"asked for {params}. Delete the folder or choose another data.root."
+            )
+        log.warning(
+            "synthetic: %s was made by generator version %s; regenerating", root, found.get("version")
+        )
+        stale = True
     root.parent.mkdir(parents=True, exist_ok=True)
     temporary = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_dataset(temporary, params)
+        if stale:
+            shutil.rmtree(root, ignore_errors=True)
         try:
             os.rename(temporary, root)  # atomic: readers never see a half-written set
         except OSError:
-            if not root.exists():
+            if not root.exists() or manifest_params(root) != params:
                 raise
-            check_manifest(root, params)  # another process generated it first
+            log.info("synthetic: another process generated %s first; using it", root)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def check_manifest(root: Path, params: dict) -> None:
+def manifest_params(root: Path) -> dict:
+    """The generation parameters recorded in `root`/manifest.json; an error if it has none."""
     manifest_path = root / "manifest.json"
     try:
         found = json.loads(manifest_path.read_text(encoding="utf-8"))["params"]
-    except (OSError, ValueError, KeyError, TypeError):
+        if found.get("generator") != "medr1.data.synthetic":
+            raise ValueError(found)
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise FileExistsError(
-            f"{root} exists but is not a synthetic data set (no readable {manifest_path.name}); "
-            "point data.root at a new folder or at one this generator made"
+            f"{root} exists but is not a synthetic data set (no readable {manifest_path.name} from "
+            "medr1.data.synthetic); point data.root at a new folder or at one this generator made"
         ) from None
-    if found != params:
-        raise FileExistsError(
-            f"{root} holds a synthetic data set generated with different parameters: found {found}, "
-            f"asked for {params}. Delete the folder or choose another data.root."
-        )
-    log.info("synthetic: reusing %s", root)
 
 
 def write_dataset(folder: Path, params: dict) -> None:
@@ -199,7 +218,9 @@ def generate_questions(size: int, shuffle_options: bool, rng: np.random.Generato
             for index in range(size):
                 scene, stem, options, answer = ASK[question_type](modality, int(classes[index]), rng)
                 if shuffle_options:
-                    options = shuffled_options(question_type, modality, options, answer, int(positions[index]), rng)
+                    options = shuffled_options(
+                        question_type, modality, options, answer, int(positions[index]), rng
+                    )
                 question_id = f"synthetic_{modality}_{question_type}_{index:04d}"
                 item = omnimedvqa_item(question_id, modality, question_type, stem, options, answer)
                 questions.append(Question(scene, item))
@@ -247,7 +268,12 @@ def ask_diagnosis(modality: str, cls: int, rng: np.random.Generator):
 
 def ask_grade(modality: str, cls: int, rng: np.random.Generator):
     stem = f"What is the grade of the lesion in this {MODALITY_DISPLAY[modality]} image?"
-    return random_scene(modality, rng, lesion=True, grade=cls + 1), stem, list(GRADE_OPTIONS), GRADE_OPTIONS[cls]
+    return (
+        random_scene(modality, rng, lesion=True, grade=cls + 1),
+        stem,
+        list(GRADE_OPTIONS),
+        GRADE_OPTIONS[cls],
+    )
 
 
 def ask_location(modality: str, cls: int, rng: np.random.Generator):
@@ -271,7 +297,12 @@ ASK: dict[str, Callable] = {
 
 
 def shuffled_options(
-    question_type: str, modality: str, options: list[str], answer: str, position: int, rng: np.random.Generator
+    question_type: str,
+    modality: str,
+    options: list[str],
+    answer: str,
+    position: int,
+    rng: np.random.Generator,
 ) -> list[str]:
     """Options in random order with the answer at `position`, which the caller balances across letters."""
     if question_type == "modality_recognition":
@@ -355,7 +386,9 @@ def ct_background(y, x, rng):
     canvas = filled(y, (0, 0, 0))
     paint(canvas, disc(y, x, 0.5, 0.5, 0.47, 0.01), (125, 125, 125))  # body cross-section
     paint(canvas, ellipse(y, x, 0.72, 0.5, 0.07, 0.09), (200, 200, 200))  # spine: bright bone
-    paint(canvas, 0.6 * ellipse(y, x, 0.45, 0.33 + rng.uniform(-0.02, 0.02), 0.14, 0.10), (70, 70, 70))  # organ
+    paint(
+        canvas, 0.6 * ellipse(y, x, 0.45, 0.33 + rng.uniform(-0.02, 0.02), 0.14, 0.10), (70, 70, 70)
+    )  # organ
     return canvas
 
 
@@ -369,17 +402,22 @@ def mri_background(y, x, rng):
 
 
 def xray_background(y, x, rng):
-    canvas = filled(y, (218, 218, 212))
-    ribs = (np.sin(y * 32.0 + rng.uniform(0, np.pi)) > 0.55).astype(np.float64)
-    paint(canvas, 0.35 * ribs, (150, 150, 145))
-    paint(canvas, (np.abs(x - 0.5) < 0.05).astype(np.float64), (165, 165, 160))  # spine
+    canvas = filled(y, (205, 205, 200))  # soft tissue: light
+    shift = rng.uniform(-0.02, 0.02)
+    lungs = ellipse(y, x, 0.45 + shift, 0.28, 0.32, 0.17) + ellipse(y, x, 0.45 + shift, 0.72, 0.32, 0.17)
+    paint(canvas, lungs, (75, 75, 75))  # air: dark
+    ribs = lungs * (np.sin(y * 32.0 + rng.uniform(0, np.pi)) > 0.55)
+    paint(canvas, 0.5 * ribs, (190, 190, 185))
+    paint(canvas, (np.abs(x - 0.5) < 0.04).astype(np.float64), (235, 235, 230))  # spine: bright bone
     return canvas
 
 
 def ultrasound_background(y, x, rng):
     canvas = filled(y, (0, 0, 0))
     dy, dx = y + 0.1, x - 0.5  # apex of the fan just above the image
-    fan = (np.abs(np.arctan2(dx, dy)) < np.radians(50)) & (np.hypot(dy, dx) > 0.15) & (np.hypot(dy, dx) < 1.05)
+    fan = (
+        (np.abs(np.arctan2(dx, dy)) < np.radians(50)) & (np.hypot(dy, dx) > 0.15) & (np.hypot(dy, dx) < 1.05)
+    )
     speckle = rng.uniform(0.6, 1.25, y.shape)
     paint(canvas, fan.astype(np.float64), (190, 150, 85))
     canvas *= np.where(fan, speckle, 1.0)[..., None]
@@ -435,8 +473,12 @@ BACKGROUNDS: dict[str, Callable] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate the synthetic medical VQA set and print its counts.")
-    parser.add_argument("--root", required=True, help="output folder (reused if generated with the same settings)")
+    parser = argparse.ArgumentParser(
+        description="Generate the synthetic medical VQA set and print its counts."
+    )
+    parser.add_argument(
+        "--root", required=True, help="output folder (reused if generated with the same settings)"
+    )
     parser.add_argument("--size", type=int, default=40, help="questions per modality and question type")
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
@@ -444,13 +486,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     splits = SyntheticMedVQA(
-        root=args.root, size=args.size, image_size=args.image_size, seed=args.seed, shuffle_options=args.shuffle_options
+        root=args.root,
+        size=args.size,
+        image_size=args.image_size,
+        seed=args.seed,
+        shuffle_options=args.shuffle_options,
     ).load()
     records = splits.train + splits.test
     counts = Counter((record.modality, record.question_type) for record in records)
-    print(f"{len(records)} questions in {Path(args.root).resolve()}: {len(splits.train)} train, {len(splits.test)} test")
+    print(
+        f"{len(records)} questions in {Path(args.root).resolve()}: {len(splits.train)} train, {len(splits.test)} test"
+    )
     for modality in MODALITIES:
-        print(f"  {modality:<11}", "  ".join(f"{qtype}={counts[modality, qtype]}" for qtype in QUESTION_TYPES))
+        print(
+            f"  {modality:<11}", "  ".join(f"{qtype}={counts[modality, qtype]}" for qtype in QUESTION_TYPES)
+        )
 
 
 if __name__ == "__main__":

@@ -131,8 +131,9 @@ def build_processor(tokenizer, *, min_pixels: int, max_pixels: int):
     """Qwen2-VL processor (image + video processors, chat template) around `tokenizer`."""
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image_processor = Qwen2VLImageProcessor(size=pixels)
+    video_processor = Qwen2VLVideoProcessor(size=pixels)
     return Qwen2VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

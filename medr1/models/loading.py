@@ -81,9 +81,8 @@ def load_processor(model_cfg: DictConfig, path: str):
     """AutoProcessor with the configured pixel budget; left padding for batched generation."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(
-        path, min_pixels=int(model_cfg["min_pixels"]), max_pixels=int(model_cfg["max_pixels"])
-    )
+    pixels = {"shortest_edge": int(model_cfg["min_pixels"]), "longest_edge": int(model_cfg["max_pixels"])}
+    processor = AutoProcessor.from_pretrained(path, size=pixels)
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

@@ -31,20 +31,24 @@ def vision_inputs(prompt_inputs: dict) -> dict:
 
 
 def prompt_positions(model, prompt_inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """M-RoPE position ids [3, B, P] of left-padded prompts and their rope deltas [B, 1]."""
+    """M-RoPE position ids [3, B, P] of left-padded prompts, and the text position [B, 1] that the
+    first token after each prompt takes (its rope delta counts from the unpadded length)."""
     inner = unwrap(model).model
-    return inner.get_rope_index(
+    positions, rope_deltas = inner.get_rope_index(
         prompt_inputs["input_ids"],
         mm_token_type_ids=prompt_inputs.get("mm_token_type_ids"),
         image_grid_thw=prompt_inputs.get("image_grid_thw"),
         video_grid_thw=prompt_inputs.get("video_grid_thw"),
         attention_mask=prompt_inputs["attention_mask"],
     )
+    next_position = prompt_inputs["attention_mask"].sum(1, keepdim=True) + rope_deltas.to(positions.device)
+    return positions, next_position
 
 
-def text_positions(start: int, length: int, rope_deltas: torch.Tensor) -> torch.Tensor:
-    """Position ids [3, N, length] for text tokens at cache positions start.. start+length-1."""
-    positions = torch.arange(start, start + length, device=rope_deltas.device).view(1, -1) + rope_deltas
+def text_positions(first: torch.Tensor, offset: int, length: int) -> torch.Tensor:
+    """Position ids [3, N, length] of text tokens offset.. offset+length-1 after each prompt;
+    `first` [N, 1] is the position of the first token after the prompt."""
+    positions = first + torch.arange(offset, offset + length, device=first.device).view(1, -1)
     return positions.unsqueeze(0).expand(3, -1, -1)
 
 
@@ -103,15 +107,14 @@ def sample_completions(
     first stop token; positions after it hold `pad_id` and mask 0.
     """
     device = prompt_inputs["input_ids"].device
-    prompt_length = prompt_inputs["input_ids"].shape[1]
-    positions, rope_deltas = prompt_positions(model, prompt_inputs)
+    positions, next_position = prompt_positions(model, prompt_inputs)
     output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = output.past_key_values
     logits = output.logits[:, -1]
     if num_generations > 1:  # one prefill, G completions: expand the cache instead of the prompt
         cache.batch_repeat_interleave(num_generations)
         logits = logits.repeat_interleave(num_generations, 0)
-        rope_deltas = rope_deltas.repeat_interleave(num_generations, 0)
+        next_position = next_position.repeat_interleave(num_generations, 0)
     attention_mask = prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
     n = attention_mask.shape[0]
     banned = torch.tensor(banned_ids or [], dtype=torch.long, device=device)
@@ -131,7 +134,7 @@ def sample_completions(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             past_key_values=cache,
-            position_ids=text_positions(prompt_length + step, 1, rope_deltas),
+            position_ids=text_positions(next_position, step, 1),
             use_cache=True,
         )
         logits = output.logits[:, -1]
@@ -217,15 +220,14 @@ def completion_logprobs(
 
 def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations):
     """Logits [N, T, V] predicting each completion token; the prompt runs once per prompt."""
-    prompt_length = prompt_inputs["input_ids"].shape[1]
-    positions, rope_deltas = prompt_positions(model, prompt_inputs)
+    positions, next_position = prompt_positions(model, prompt_inputs)
     output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = output.logits[:, -1:].repeat_interleave(num_generations, 0)  # [N, 1, V]
     if completion_ids.shape[1] == 1:
         return first
     cache = output.past_key_values
     cache.batch_repeat_interleave(num_generations)
-    rope_deltas = rope_deltas.repeat_interleave(num_generations, 0)
+    next_position = next_position.repeat_interleave(num_generations, 0)
     attention_mask = torch.cat(
         [prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0), completion_mask[:, :-1]], dim=1
     )
@@ -233,7 +235,7 @@ def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask,
         input_ids=completion_ids[:, :-1],
         attention_mask=attention_mask,
         past_key_values=cache,
-        position_ids=text_positions(prompt_length, completion_ids.shape[1] - 1, rope_deltas),
+        position_ids=text_positions(next_position, 0, completion_ids.shape[1] - 1),
         use_cache=True,
     ).logits
     return torch.cat([first, rest], dim=1)
