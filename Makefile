@@ -2,7 +2,7 @@
 PYTHON ?= python
 DIR ?=
 
-.PHONY: help install test test-slow test-all demo bench lint report clean
+.PHONY: help install test test-slow test-all demo bench lint report clean study-cross-modality-cpu study-cross-task-cpu study-sft-vs-rl-cpu study-think-vs-nothink-cpu study-medvlm-r1-cpu
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,32 @@ lint:  ## ruff
 report:  ## generalization tables and heatmaps of a sweep: make report DIR=multirun/...
 	@test -n "$(DIR)" || (echo "usage: make report DIR=<sweep dir>" && exit 2)
 	$(PYTHON) -m medr1.report $(DIR)
+
+# The papers' studies scaled down to the tiny model, synthetic data and a CPU: same code, small budget.
+STEPS ?= 150
+CPU_STUDY = model=tiny data=synthetic trainer=cpu logger=csv trainer.max_steps=$(STEPS) \
+	trainer.val_check_interval=100000 trainer.enable_progress_bar=false eval.before_training=false \
+	algo.optimizer.lr=1e-3 algo.beta=0 data.batch_size=8 algo.num_generations=8 algo.micro_batch_size=0
+
+study-cross-modality-cpu:  ## med_r1_cross_modality on CPU (3 modalities + base), then its report
+	$(PYTHON) run.py -m experiment=med_r1_cross_modality $(CPU_STUDY) modality=ct,mri,xray hydra.sweep.dir=multirun/cross_modality_cpu
+	$(PYTHON) -m medr1.report multirun/cross_modality_cpu
+
+study-cross-task-cpu:  ## med_r1_cross_task on CPU (3 question types + base), then its report
+	$(PYTHON) run.py -m experiment=med_r1_cross_task $(CPU_STUDY) question_type=modality_recognition,disease_diagnosis,lesion_grading hydra.sweep.dir=multirun/cross_task_cpu
+	$(PYTHON) -m medr1.report multirun/cross_task_cpu
+
+study-sft-vs-rl-cpu:  ## sft_vs_rl on CPU (base, SFT, GRPO on MRI), then its report
+	$(PYTHON) run.py -m experiment=sft_vs_rl $(CPU_STUDY) hydra.sweep.dir=multirun/sft_vs_rl_cpu
+	$(PYTHON) -m medr1.report multirun/sft_vs_rl_cpu
+
+study-think-vs-nothink-cpu:  ## think_vs_nothink on CPU, then its report
+	$(PYTHON) run.py -m experiment=think_vs_nothink $(CPU_STUDY) hydra.sweep.dir=multirun/think_vs_nothink_cpu
+	$(PYTHON) -m medr1.report multirun/think_vs_nothink_cpu
+
+study-medvlm-r1-cpu:  ## medvlm_r1 on CPU (synthetic MRI training, every modality evaluated), then its report
+	$(PYTHON) run.py -m experiment=medvlm_r1 $(CPU_STUDY) hydra.sweep.dir=multirun/medvlm_r1_cpu
+	$(PYTHON) -m medr1.report multirun/medvlm_r1_cpu
 
 clean:  ## remove outputs (not the model/data cache in ~/.cache/medr1)
 	rm -rf outputs multirun .pytest_cache

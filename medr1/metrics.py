@@ -90,13 +90,14 @@ class EvalAccumulator:
     def summary(self) -> dict:
         if self.n == 0:
             raise ValueError("no predictions to summarise: the test split is empty")
+        value = lambda metric: round(float(metric.compute()), 6)  # noqa: E731  (float32 noise off)
         return {
-            "accuracy": float(self.overall.compute()),
+            "accuracy": value(self.overall),
             "n": self.n,
-            "by_modality": {k: float(m.compute()) for k, m in sorted(self.by_modality.items())},
-            "by_question_type": {k: float(m.compute()) for k, m in sorted(self.by_question_type.items())},
-            "format_rate": float(self.format_rate.compute()),
-            "reasoning_length": float(self.reasoning_length.compute()),
+            "by_modality": {k: value(m) for k, m in sorted(self.by_modality.items())},
+            "by_question_type": {k: value(m) for k, m in sorted(self.by_question_type.items())},
+            "format_rate": value(self.format_rate),
+            "reasoning_length": value(self.reasoning_length),
         }
 
 

@@ -104,3 +104,40 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     rewards_straight = logged(read_metrics(straight), "train/reward")
     rewards_resumed = logged(read_metrics(resumed), "train/reward")
     assert rewards_resumed == pytest.approx(rewards_straight[2:])
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
+    from medr1.wandb_offline import read_history, read_run
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must come from medr1's own default
+    cfg = compose_config([o for o in FAST if not o.startswith("logger=")] +
+                         ["logger=wandb", "logger.sample_table_every=1", "question_type=lesion_grading"], tmp_path)
+    train(cfg)
+    history = read_history(tmp_path / "wandb")
+    rewards = [row["train/reward"] for row in history if "train/reward" in row]
+    assert rewards == pytest.approx(logged(read_metrics(tmp_path), "train/reward"))  # W&B and CSV agree
+    assert any("val/accuracy" in row for row in history)
+    assert any("test/accuracy_ct" in row for row in history)
+    assert any(any(key.startswith("samples") for key in row) for row in history)  # sample completion tables
+    run = read_run(tmp_path / "wandb")
+    assert run["group"] == cfg.experiment_name == "demo"
+    assert {"algo:grpo", "modality:all", "question_type:lesion_grading", "reward:default"} <= set(run["tags"])
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_grpo_raises_reward_and_accuracy_on_a_small_budget(tmp_path):
+    """On CT modality-recognition questions (answer: A) GRPO must climb from the instruct model's chance."""
+    cfg = compose_config(FAST + ["modality=ct", "question_type=modality_recognition", "trainer.max_steps=60",
+                                 "algo.optimizer.lr=1e-3", "algo.beta=0", "data.batch_size=8", "algo.num_generations=8",
+                                 "data.source.size=40", "eval.before_training=true", "trainer.val_check_interval=1000"],
+                         tmp_path)
+    summary = train(cfg)
+    before = json.loads((tmp_path / "eval_before" / "eval" / "summary.json").read_text())
+    rows = read_metrics(tmp_path)
+    rewards, accuracy = logged(rows, "train/reward"), logged(rows, "train/accuracy")
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.3
+    assert sum(accuracy[-10:]) / 10 > 0.6 > sum(accuracy[:10]) / 10
+    key = "modality_recognition"
+    assert summary["by_question_type"][key] > before["by_question_type"][key] + 0.2

@@ -148,6 +148,7 @@ def build_model(tokenizer, *, text: Mapping[str, Any], vision: Mapping[str, Any]
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     text = dict(text)
+    rope_theta = float(text.pop("rope_theta", 1_000_000.0))  # Qwen2-VL's; small models see more with 1e4
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     # M-RoPE splits each head's rotary half into (temporal, height, width) sections, as Qwen2-VL's
     # [16, 24, 24] does for head_dim 128.
@@ -158,7 +159,7 @@ def build_model(tokenizer, *, text: Mapping[str, Any], vision: Mapping[str, Any]
         text_config=dict(
             vocab_size=len(tokenizer),
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope_section},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],

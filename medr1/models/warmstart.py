@@ -39,7 +39,7 @@ def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | 
 
     from medr1.data.batches import PromptCollator
     from medr1.data.synthetic import SyntheticMedVQA
-    from medr1.models.loading import load_processor
+    from medr1.models.loading import load_processor, vision_tower
     from medr1.sft.module import target_nll
 
     data = cfg["data"]
@@ -52,7 +52,10 @@ def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | 
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = AutoModelForImageTextToText.from_pretrained(base_folder, dtype=torch.float32)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]))
+    # The vision tower stays as initialised: random answers carry no signal for it, and left
+    # trainable it drifts into one large shared image embedding that drowns what tells images apart.
+    vision_tower(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(cfg["lr"]))
     rng = random.Random(int(cfg.get("seed", 0)))
     batch_size = int(cfg["batch_size"])
     progress = tqdm(range(int(cfg["steps"])), desc="warm-starting the tiny instruct model", unit="step")
