@@ -5,7 +5,7 @@ DIR ?=
 .PHONY: help install test test-slow test-all demo bench lint report clean study-cross-modality-cpu study-cross-task-cpu study-sft-vs-rl-cpu study-think-vs-nothink-cpu study-medvlm-r1-cpu
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-28s %s\n", $$1, $$2}'
 
 install:  ## install medr1 and everything it needs (torch 2.14.1 + torchvision 0.29.1 pinned)
 	$(PYTHON) -m pip install -e ".[dev]"

@@ -7,7 +7,6 @@ import warnings
 
 from omegaconf import DictConfig
 
-
 # Library chatter that says nothing about the user's run: Lightning's note that checkpoints under
 # manual optimisation hold the post-step state (what resuming needs), its CSV logger finding
 # Hydra's .hydra/ folder in the run dir, and deprecations inside dependencies.

@@ -78,7 +78,7 @@ class VQAModule(L.LightningModule):
         checkpoint["medr1_rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
 
@@ -89,5 +89,16 @@ class VQAModule(L.LightningModule):
         torch.set_rng_state(states["torch"])
         if states["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
-        np.random.set_state(states["numpy"])
+        np.random.set_state(_numpy_state_from_plain(states["numpy"]))
         random.setstate(states["python"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor: loadable by torch.load(weights_only=True)."""
+    name, keys, position, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), position, has_gauss, cached

@@ -13,7 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medr1.data.datamodule import VQADataModule
-from medr1.models.loading import apply_tuning, load_model, load_processor, resolve_model_path, trainable_summary
+from medr1.models.loading import (
+    apply_tuning,
+    load_model,
+    load_processor,
+    resolve_model_path,
+    trainable_summary,
+)
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,18 @@ def train(cfg: DictConfig) -> dict:
                            | {"test/accuracy": summary["accuracy"], "test/format_rate": summary["format_rate"],
                               "test/reasoning_length": summary["reasoning_length"]}, step=trainer.global_step)
         logger.finalize("success")
+    finish_wandb(loggers)
     return summary
+
+
+def finish_wandb(loggers: list) -> None:
+    """Close the W&B run: flushes an offline run to disk, and lets the next job of a sweep that
+    runs in this process start its own run instead of logging into this one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:

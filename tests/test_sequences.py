@@ -9,7 +9,7 @@ from medr1.data.batches import PromptCollator
 from medr1.evaluation import Generator
 from medr1.models.build import VISION_TOKENS
 from medr1.models.loading import load_model, load_processor
-from medr1.rl.sequences import SamplingConfig, completion_logprobs, filter_logits, sample_completions
+from medr1.rl.sequences import SamplingConfig, completion_logprobs, filter_logits
 from tests.conftest import compose_config
 
 

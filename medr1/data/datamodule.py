@@ -13,7 +13,8 @@ import random
 from collections import defaultdict
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from medr1.data.batches import PromptCollator
 from medr1.data.names import MODALITIES, QUESTION_TYPES
@@ -78,6 +79,23 @@ def cap_per_group(records: list[VQARecord], cap: int | None, key: str, seed: int
     return chosen
 
 
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle per epoch that starts where a resumed run stopped, so resuming from a
+    mid-epoch checkpoint sees exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, position):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.position = position  # () -> (epoch, batches of that epoch already trained on)
+
+    def __iter__(self):
+        epoch, batches_done = self.position()
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        yield from order[batches_done * self.batch_size :]
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class VQADataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -126,10 +144,22 @@ class VQADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_records), self.batch_size, self.seed, self._training_position)
         return DataLoader(
-            self.train_records, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_records) >= self.batch_size,
-            collate_fn=self.train_collator, num_workers=self.num_workers,
+            self.train_records, batch_size=self.batch_size, sampler=sampler,
+            drop_last=len(self.train_records) >= self.batch_size, collate_fn=self.train_collator,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
+
+    def _training_position(self) -> tuple[int, int]:
+        """(epoch, batches already trained on in it): nonzero only when resuming mid-epoch."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        loop = trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.completed if loop.restarting else 0
+        return trainer.current_epoch, done
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_records)

@@ -1,0 +1,84 @@
+"""Offline checkpoints load through the same HF code as Qwen2-VL-2B; tuning modes set what trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from medr1.models.build import SPECIAL_TOKENS
+from medr1.models.loading import apply_tuning, resolve_model_path
+from tests.conftest import compose_config
+
+
+def test_tiny_checkpoint_is_a_qwen2_vl_folder(tiny_path):
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_path)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert type(processor).__name__ == "Qwen2VLProcessor"
+    vocab = processor.tokenizer.get_vocab()
+    assert all(token in vocab for token in SPECIAL_TOKENS)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_bench_checkpoint_has_qwen2_vl_2b_proportions_scaled_down(tmp_path):
+    cfg = compose_config(["model=bench", f"paths.cache_dir={tmp_path}"])
+    path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+    assert path.startswith(str(tmp_path))  # built into the configured cache
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.intermediate_size) == (256, 6, 4, 2, 1536)
+    assert (vision.depth, vision.embed_dim, vision.num_heads, vision.mlp_ratio) == (8, 192, 4, 4)
+    processor = AutoProcessor.from_pretrained(path)
+    assert processor.image_processor.size["longest_edge"] == 401408
+    batch = processor(text=["<|vision_start|><|image_pad|><|vision_end|>x"], images=[Image.new("RGB", (392, 392))],
+                      return_tensors="pt")
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((batch["input_ids"] == image_pad).sum()) == 196
+    # a second call reuses the folder instead of building again
+    assert resolve_model_path(cfg.model, cfg.paths.cache_dir) == path
+
+
+def test_local_path_without_config_is_a_clear_error(tmp_path):
+    cfg = compose_config([f"model.path={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model_path(cfg.model, cfg.paths.cache_dir)
+
+
+def test_hf_id_is_passed_through_untouched():
+    cfg = compose_config(["model=qwen2_vl_2b"])
+    assert resolve_model_path(cfg.model, cfg.paths.cache_dir) == "Qwen/Qwen2-VL-2B-Instruct"
+    assert compose_config(["model=qwen2_5_vl_3b"]).model.path == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def _trainable(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_full_tuning_with_and_without_frozen_vision(tiny_path):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_path)
+    all_names = {name for name, _ in model.named_parameters()}
+    assert _trainable(apply_tuning(model, compose_config(["tuning=full"]).tuning)) == all_names
+    frozen = _trainable(apply_tuning(model, compose_config(["tuning=full", "tuning.freeze_vision=true"]).tuning))
+    assert frozen == {n for n in all_names if ".visual." not in n}
+
+
+def test_lora_adapts_language_model_only_unless_asked(tiny_path):
+    lora = apply_tuning(AutoModelForImageTextToText.from_pretrained(tiny_path), compose_config(["tuning=lora"]).tuning)
+    trainable = _trainable(lora)
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    assert any("q_proj" in n for n in trainable) and any("down_proj" in n for n in trainable)
+    with_vision = apply_tuning(AutoModelForImageTextToText.from_pretrained(tiny_path),
+                               compose_config(["tuning=lora", "tuning.adapt_vision=true"]).tuning)
+    assert any("visual" in n and "lora_" in n for n in _trainable(with_vision))
+    # adapters start at zero: the adapted model equals the base model, so the GRPO reference is free
+    base = AutoModelForImageTextToText.from_pretrained(tiny_path)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(lora(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
