@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-REASONING = [
-    "The image shows the relevant structures; compare them with the options.",
-    "Look at the image and check each option.",
-    "The finding in the image matches one of the options.",
-]
+VERSION = 3  # part of the cache key: bump when what warm_start writes changes
+
+# One formulaic reasoning line: the instruct model then samples near-deterministic text around a
+# random letter, so GRPO's advantage lands on the letter instead of on noise in the wording.
+REASONING = ["Look at the image and compare it with each option."]
 
 
 def shuffled_answer_records(records, seed: int):
