@@ -36,7 +36,7 @@ report:  ## generalization tables and heatmaps of a sweep: make report DIR=multi
 STEPS ?= 150
 CPU_STUDY = model=tiny data=synthetic trainer=cpu logger=csv trainer.max_steps=$(STEPS) \
 	trainer.val_check_interval=100000 trainer.enable_progress_bar=false eval.before_training=false \
-	algo.optimizer.lr=1e-3 algo.beta=0 data.batch_size=8 algo.num_generations=8 algo.micro_batch_size=0
+	algo.optimizer.lr=1e-3 data.batch_size=8 ++algo.beta=0 ++algo.num_generations=8 ++algo.micro_batch_size=0
 
 study-cross-modality-cpu:  ## med_r1_cross_modality on CPU (3 modalities + base), then its report
 	$(PYTHON) run.py -m experiment=med_r1_cross_modality $(CPU_STUDY) modality=ct,mri,xray hydra.sweep.dir=multirun/cross_modality_cpu

@@ -3,7 +3,8 @@
 On the `bench` checkpoint (Qwen2-VL-2B's proportions scaled down) with B prompts of one 392x392
 image each (196 image tokens) and G completions per prompt:
 1. rollout: `sample_completions` (prefill once, expand the KV cache G ways) vs
-   `model.generate(num_return_sequences=G)` (every prompt, images included, repeated G times);
+   `model.generate` with every prompt (images included) repeated G times, as
+   `num_return_sequences=G` does;
 2. training forward + backward: `completion_logprobs(shared_prompt=True)` vs the prompt repeated G
    times in one full-sequence forward (TRL's way); also checks they agree.
 Machines here are noisy: read the ratios, not the seconds.
@@ -63,7 +64,7 @@ def main() -> None:
     from medr1.data.batches import PromptCollator
     from medr1.evaluation import Generator
     from medr1.models.loading import load_model, load_processor, resolve_model_path
-    from medr1.rl.sequences import SamplingConfig, completion_logprobs
+    from medr1.rl.sequences import SamplingConfig, completion_logprobs, repeat_prompts
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=bench"])
@@ -80,12 +81,14 @@ def main() -> None:
 
     sampling = SamplingConfig(max_new_tokens=tokens, do_sample=False)
     ours_time, (ids, mask, _) = _timed(lambda: generator.complete(model, batch, sampling, group), args.repeats)
-    reference_kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, num_return_sequences=group,
+    # greedy generate() refuses num_return_sequences > 1; repeating each prompt G times is the same work
+    repeated = repeat_prompts(batch.model_inputs, group, batch.images_per_prompt)
+    reference_kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                             suppress_tokens=generator.banned_ids, pad_token_id=generator.pad_id)
     with torch.no_grad():
-        hf_time, hf_out = _timed(lambda: model.generate(**batch.model_inputs, **reference_kwargs), args.repeats)
+        hf_time, hf_out = _timed(lambda: model.generate(**repeated, **reference_kwargs), args.repeats)
     same = torch.equal(hf_out[:, prompt_tokens:], ids)
-    print(f"rollout   shared prefill {ours_time:6.2f} s | generate(num_return_sequences) {hf_time:6.2f} s | "
+    print(f"rollout   shared prefill {ours_time:6.2f} s | generate(), prompts repeated G x  {hf_time:6.2f} s | "
           f"speed-up x{hf_time / ours_time:.2f} | greedy tokens identical: {same}")
 
     model.train()
