@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO
 
 TINY_BUDGET = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=100", "data.val_size=4",
-               "data.batch_size=2", "data.source.size=5", "algo.num_generations=2", "algo.max_completion_length=24",
+               "data.batch_size=2", "data.source.size=5", "++algo.num_generations=2", "algo.max_completion_length=24",
                "eval.before_training=false", "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=100"]
 
 
