@@ -19,8 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from medr1.evaluation import Generator, evaluate_batches, greedy, write_eval_outputs
 from medr1.metrics import format_summary
 from medr1.models.loading import resolve_model_path
-from medr1.setup import build_datamodule, load_policy
-from medr1.train import run_dir_of
+from medr1.setup import build_datamodule, load_policy, run_dir_of
 
 log = logging.getLogger(__name__)
 

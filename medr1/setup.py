@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -87,10 +88,18 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         loggers.append(
             WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), group=cfg.experiment_name,
                         tags=tags, save_dir=str(run_dir), mode=mode, job_type=cfg.mode,
-                        name=run_dir.name if run_dir.name.isdigit() is False else f"{cfg.experiment_name}-{run_dir.name}")
+                        name=f"{cfg.experiment_name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name)
         )
         loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return loggers
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Hydra's output folder for this run (`hydra.run.dir` / the sweep subfolder)."""
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called outside @hydra.main (tests with compose): use paths.output_dir
+        return Path(cfg.paths.output_dir)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:

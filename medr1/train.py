@@ -8,7 +8,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig
@@ -16,18 +15,10 @@ from omegaconf import DictConfig
 from medr1.evaluation import write_eval_outputs
 from medr1.rl.module import GRPOModule
 from medr1.rl.rewards import build_reward
-from medr1.setup import build_datamodule, build_loggers, build_trainer, load_policy
+from medr1.setup import build_datamodule, build_loggers, build_trainer, load_policy, run_dir_of
 from medr1.sft.module import SFTModule
 
 log = logging.getLogger(__name__)
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """Hydra's output folder for this run (`hydra.run.dir` / the sweep subfolder)."""
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # called outside @hydra.main (tests with compose): use paths.output_dir
-        return Path(cfg.paths.output_dir)
 
 
 def build_module(cfg: DictConfig, policy, datamodule):

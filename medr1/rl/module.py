@@ -50,6 +50,11 @@ class GRPOModule(VQAModule):
         self.reward = reward
         self.algo = algo
         self.group_size = int(algo.num_generations)
+        if int(algo.num_iterations) < 1 or self.group_size < 2:
+            raise ValueError(
+                f"algo.num_iterations={algo.num_iterations} must be >= 1 and algo.num_generations="
+                f"{algo.num_generations} >= 2 (group advantages need at least two completions per prompt)"
+            )
         self.sampling = SamplingConfig(
             max_new_tokens=int(algo.max_completion_length), do_sample=True,
             temperature=float(algo.temperature), top_p=float(algo.top_p), top_k=int(algo.top_k),
