@@ -59,8 +59,10 @@ def score(records: list[VQARecord], completions: list[str], tokenizer) -> list[P
     return predictions
 
 
+# Metrics never synchronise across processes by themselves: the group keys (modalities seen) differ
+# between ranks, so multi-GPU runs gather the predictions first (VQAModule) and compute once.
 def _accuracy() -> MulticlassAccuracy:
-    return MulticlassAccuracy(num_classes=len(LETTERS) + 1, average="micro")
+    return MulticlassAccuracy(num_classes=len(LETTERS) + 1, average="micro", sync_on_compute=False)
 
 
 class EvalAccumulator:
@@ -70,8 +72,8 @@ class EvalAccumulator:
         self.overall = _accuracy()
         self.by_modality: dict[str, MulticlassAccuracy] = defaultdict(_accuracy)
         self.by_question_type: dict[str, MulticlassAccuracy] = defaultdict(_accuracy)
-        self.format_rate = MeanMetric()
-        self.reasoning_length = MeanMetric()
+        self.format_rate = MeanMetric(sync_on_compute=False)
+        self.reasoning_length = MeanMetric(sync_on_compute=False)
         self.n = 0
 
     def update(self, predictions: list[Prediction]) -> None:

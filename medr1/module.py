@@ -31,7 +31,7 @@ class VQAModule(L.LightningModule):
         self.scheduler_cfg = dict(scheduler)
         self.eval_max_new_tokens = eval_max_new_tokens
         self.generator = Generator.for_model(model, processor)
-        self._val_accumulator = EvalAccumulator()
+        self._val_predictions = []
 
     # --- optimisation --------------------------------------------------------------------------
 
@@ -55,18 +55,21 @@ class VQAModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         _, _, texts = self.generator.complete(self.model, batch, greedy(self.eval_max_new_tokens))
-        self._val_accumulator.update(score(batch.records, texts, self.processor.tokenizer))
+        self._val_predictions.extend(score(batch.records, texts, self.processor.tokenizer))
 
     def on_validation_epoch_end(self):
-        if self._val_accumulator.n == 0:
+        predictions, self._val_predictions = gather_predictions(self._val_predictions), []
+        if not predictions:
             return
-        summary = self._val_accumulator.summary()
-        self._val_accumulator = EvalAccumulator()
+        accumulator = EvalAccumulator()
+        accumulator.update(predictions)
+        summary = accumulator.summary()
         metrics = {"val/accuracy": summary["accuracy"], "val/format_rate": summary["format_rate"],
                    "val/reasoning_length": summary["reasoning_length"]}
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_modality"].items()}
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"])
+        # every rank holds the same gathered numbers: log them without another reduction
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"], rank_zero_only=True)
 
     def evaluate(self, batches, *, progress: bool = True, description: str = "evaluating"):
         return evaluate_batches(self.model, batches, self.generator, greedy(self.eval_max_new_tokens),
@@ -102,3 +105,16 @@ def _numpy_state_to_plain(state: tuple) -> tuple:
 def _numpy_state_from_plain(state: tuple) -> tuple:
     name, keys, position, has_gauss, cached = state
     return name, keys.numpy().astype(np.uint32), position, has_gauss, cached
+
+
+def gather_predictions(predictions: list) -> list:
+    """All ranks' predictions, each question once (a distributed sampler pads with repeats)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return predictions
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, predictions)
+    unique = {}
+    for rank_predictions in gathered:
+        for prediction in rank_predictions:
+            unique.setdefault(prediction.id, prediction)
+    return list(unique.values())

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from medr1.evaluation import write_eval_outputs
@@ -67,14 +68,18 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
 
+    # Under DDP/FSDP every rank runs this function; evaluation and files are rank zero's job
+    is_main = rank_zero_only.rank == 0
     start_summary = None
-    if cfg.eval.before_training:
+    if cfg.eval.before_training and is_main:
         predictions, start_summary = module.evaluate(datamodule.test_dataloader(), description="evaluating before training")
         write_eval_outputs(run_dir / "eval_before", predictions, start_summary, "before training")
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     log.info("training took %.1f s", time.perf_counter() - started)
+    if not trainer.is_global_zero:
+        return {"accuracy": float("nan")}
     final = save_final(module, run_dir)
     log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)
 
