@@ -83,3 +83,23 @@ def test_vision_tokens_are_never_sampled(setup):
     # and without the ban this random model does produce them, so the test can fail
     logits = torch.zeros(1, 10)
     assert torch.isinf(filter_logits(logits, SamplingConfig(max_new_tokens=1), torch.tensor([3, 5])))[0, [3, 5]].all()
+
+
+def test_gradient_checkpointing_scores_the_same_without_a_cache(setup):
+    """Checkpointed models cannot keep a KV cache; scoring falls back to full sequences, same values."""
+    model, processor, batch = setup
+    torch.manual_seed(1)
+    ids, mask, _ = Generator.for_model(model, processor).complete(model, batch, SamplingConfig(max_new_tokens=8), num_generations=2)
+    with torch.no_grad():
+        expected = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=2).logprobs
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        scores = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=2,
+                                     images_per_prompt=batch.images_per_prompt)
+        (scores.logprobs * mask).sum().backward()
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()
+        model.zero_grad()
+    assert torch.allclose(scores.logprobs.detach()[mask.bool()], expected[mask.bool()], atol=1e-5)

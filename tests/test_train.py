@@ -148,3 +148,11 @@ def test_grpo_raises_reward_and_accuracy_on_a_small_budget(tmp_path):
 
     assert summary["n"] == before["n"]
     assert xray_modality_accuracy(tmp_path / "eval") > xray_modality_accuracy(tmp_path / "eval_before" / "eval") + 0.2
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sft"])
+def test_training_with_gradient_checkpointing(tmp_path, algo):
+    """Qwen2-VL-2B's config turns gradient checkpointing on; both algorithms must train with it."""
+    cfg = compose_config(FAST + [f"algo={algo}", "model.gradient_checkpointing=true", "++algo.num_generations=4"], tmp_path)
+    assert train(cfg)["n"] > 0
+    assert logged(read_metrics(tmp_path), "train/reward" if algo == "grpo" else "train/loss")

@@ -206,7 +206,13 @@ def completion_logprobs(
     images_per_prompt: torch.Tensor | None = None,
     with_entropy: bool = False,
 ) -> CompletionScores:
-    """Per-token log-probs [B*G, T] of completions under `model` (grad flows if enabled)."""
+    """Per-token log-probs [B*G, T] of completions under `model` (grad flows if enabled).
+
+    Gradient checkpointing cannot keep a KV cache, so a checkpointed model in training scores the
+    full sequences instead (same values, the prompt's cost paid G times).
+    """
+    if shared_prompt and model.training and torch.is_grad_enabled() and getattr(unwrap(model), "is_gradient_checkpointing", False):
+        shared_prompt = False
     if shared_prompt:
         logits = _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations)
     else:
