@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     log.info("training took %.1f s", time.perf_counter() - started)
-    if not trainer.is_global_zero:
+    if not is_main:
         return {"accuracy": float("nan")}
     final = save_final(module, run_dir)
     log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)

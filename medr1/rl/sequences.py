@@ -165,6 +165,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def repeat_prompts(prompt_inputs: dict, num_generations: int, images_per_prompt: torch.Tensor | None) -> dict:
     """Each prompt (and its images' patches) repeated G times, at rows b*G .. b*G+G-1."""
+    if num_generations == 1:
+        return dict(prompt_inputs)
     input_ids = prompt_inputs["input_ids"]
     repeated = {
         k: v.repeat_interleave(num_generations, 0)

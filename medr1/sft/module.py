@@ -14,7 +14,8 @@ from medr1.rl.sequences import completion_logprobs
 
 def target_nll(model, batch) -> tuple:
     """Mean NLL over target tokens and the number of target tokens."""
-    scores = completion_logprobs(model, batch.model_inputs, batch.target_ids, batch.target_mask, num_generations=1)
+    scores = completion_logprobs(model, batch.model_inputs, batch.target_ids, batch.target_mask, num_generations=1,
+                                  images_per_prompt=batch.images_per_prompt)
     mask = batch.target_mask.float()
     return -(scores.logprobs * mask).sum() / mask.sum().clamp(min=1), mask.sum()
 
