@@ -82,3 +82,27 @@ def test_lora_adapts_language_model_only_unless_asked(tiny_path):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(lora(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
+
+
+def test_warm_start_draws_a_fresh_letter_each_time_and_reasons_from_the_question_type():
+    import random
+    from collections import Counter
+
+    from medr1.data.records import VQARecord
+    from medr1.models.warmstart import GENERIC_REASONING, REASONING, with_random_answers
+
+    record = VQARecord(
+        id="q1", images=("/x.png",), question="Which imaging modality is this?",
+        options={"A": "CT", "B": "MRI", "C": "X-ray"}, answer="B", modality="ct",
+        question_type="modality_recognition", source="synthetic",
+    )
+    other = VQARecord(**{**record.__dict__, "id": "q2", "question_type": "other"})
+    rng = random.Random(0)
+    draws = [with_random_answers([record, other], rng) for _ in range(600)]
+    letters = Counter(batch[0].answer for batch in draws)
+    # the same record gets every option, about equally often: nothing per record to memorise
+    assert set(letters) == {"A", "B", "C"}
+    assert all(150 < n < 250 for n in letters.values()), letters
+    assert {batch[0].reasoning for batch in draws} == {REASONING["modality_recognition"]}
+    assert {batch[1].reasoning for batch in draws} == {GENERIC_REASONING}
+    assert record.answer == "B" and record.reasoning is None  # the inputs are left as they were

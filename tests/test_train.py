@@ -139,8 +139,9 @@ def test_grpo_raises_reward_and_accuracy_on_a_small_budget(tmp_path):
     before = json.loads((tmp_path / "eval_before" / "eval" / "summary.json").read_text())
     rows = read_metrics(tmp_path)
     rewards, accuracy = logged(rows, "train/reward"), logged(rows, "train/accuracy")
-    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.3
-    assert sum(accuracy[-10:]) / 10 > 0.6 > sum(accuracy[:10]) / 10
+    # measured: accuracy 0.19, 0.34, 0.28 over the first 3 steps, 0.9-1.0 from step 10 on
+    assert sum(accuracy[:3]) / 3 < 0.45 < 0.85 < sum(accuracy[-10:]) / 10
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:3]) / 3 + 0.5
     def xray_modality_accuracy(eval_dir: Path) -> float:
         rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
         rows = [r for r in rows if r["modality"] == "xray" and r["question_type"] == "modality_recognition"]

@@ -50,7 +50,7 @@ from medr1.data.records import Splits
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # bump when the generated content changes, so stale folders are not reused
+GENERATOR_VERSION = 3  # bump when the generated content changes, so stale folders are not reused
 FAMILIES = (("ct", "mri", "xray", "ultrasound"), ("dermoscopy", "fundus", "oct", "microscopy"))
 DIAGNOSIS_OPTIONS = ("Normal", "Lesion present")
 GRADE_OPTIONS = ("Grade 1 (small)", "Grade 2 (medium)", "Grade 3 (large)")
@@ -59,8 +59,11 @@ COUNT_OPTIONS = ("1", "2", "3")
 
 LESION_COLOUR = np.array([30.0, 235.0, 40.0])  # saturated green: unlike every modality's palette
 OBJECT_COLOUR = np.array([40.0, 70.0, 255.0])  # saturated blue, likewise
-LESION_RADIUS = {1: 0.07, 2: 0.13, 3: 0.20}  # fraction of the image side; a quadrant is 0.5 wide
-OBJECT_SIDE = 0.10
+# Fractions of the image side (a quadrant is 0.5 wide). A 56 px image is 4 image tokens of 28 px, so a
+# fact must cover a good part of a token for a tiny vision tower to see it: with grade 1 at 0.07 (4 px)
+# not even SFT on true labels learnt lesion presence; at 0.12 it does (see the README's demo notes).
+LESION_RADIUS = {1: 0.12, 2: 0.17, 3: 0.22}
+OBJECT_SIDE = 0.16
 OPTION_COUNT = {
     "modality_recognition": 4,
     "disease_diagnosis": len(DIAGNOSIS_OPTIONS),

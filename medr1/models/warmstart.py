@@ -18,18 +18,38 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-VERSION = 3  # part of the cache key: bump when what warm_start writes changes
+VERSION = 5  # part of the cache key: bump when what warm_start writes changes
 
-# One formulaic reasoning line: the instruct model then samples near-deterministic text around a
-# random letter, so GRPO's advantage lands on the letter instead of on noise in the wording.
-REASONING = ["Look at the image and compare it with each option."]
+# One formulaic reasoning line per question type, read off the question (never the image): the
+# instruct model then samples near-deterministic text around a random letter, so GRPO's advantage
+# lands on the letter instead of on noise in the wording, and the tokens just before the answer say
+# what is asked. Measured: with one generic line for every type, 400 SFT steps on the TRUE answers
+# taught the tiny model nothing; with these lines it learnt modality recognition (0.32 -> 0.67).
+REASONING = {
+    "modality_recognition": "The question asks for the imaging modality.",
+    "disease_diagnosis": "The question asks whether there is a lesion.",
+    "lesion_grading": "The question asks for the size of the lesion.",
+    "anatomy_identification": "The question asks where the lesion is.",
+    "biological_attribute": "The question asks how many blue objects there are.",
+}
+GENERIC_REASONING = "Look at the image and compare it with each option."
 
 
-def shuffled_answer_records(records, seed: int):
-    """Records with a random option letter as answer and a generic reasoning line."""
-    rng = random.Random(seed)
+def with_random_answers(records, rng: random.Random):
+    """The records with a letter drawn afresh from their options and their question type's reasoning line.
+
+    Drawn anew every time a record is used: with one fixed random letter per record the model
+    memorises image -> letter noise and starts GRPO confidently wrong (measured: a quarter of the
+    groups had zero reward variance at step 0, and entropy collapsed); fresh letters leave the
+    best prediction uniform over the options, which is what "answers at chance" should mean.
+    """
     return [
-        dataclasses.replace(r, answer=rng.choice(list(r.options)), reasoning=rng.choice(REASONING)) for r in records
+        dataclasses.replace(
+            r,
+            answer=rng.choice(list(r.options)),
+            reasoning=REASONING.get(r.question_type, GENERIC_REASONING),
+        )
+        for r in records
     ]
 
 
@@ -46,7 +66,7 @@ def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | 
     root = Path(cache_dir).expanduser() / "data" / f"warmstart_n{data['size']}_px{data['image_size']}_seed{data['seed']}"
     splits = SyntheticMedVQA(root=str(root), size=int(data["size"]), image_size=int(data["image_size"]),
                              seed=int(data["seed"]), shuffle_options=bool(data.get("shuffle_options", False))).load()
-    records = shuffled_answer_records(splits.train + splits.test, seed=int(cfg.get("seed", 0)))
+    records = splits.train + splits.test
     processor = load_processor({"min_pixels": cfg["min_pixels"], "max_pixels": cfg["max_pixels"]}, str(base_folder))
     collate = PromptCollator(processor, cfg.get("prompt", "think"), with_targets=True)
     torch.manual_seed(int(cfg.get("seed", 0)))
@@ -60,7 +80,7 @@ def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | 
     batch_size = int(cfg["batch_size"])
     progress = tqdm(range(int(cfg["steps"])), desc="warm-starting the tiny instruct model", unit="step")
     for _ in progress:
-        batch = collate(rng.sample(records, batch_size))
+        batch = collate(with_random_answers(rng.sample(records, batch_size), rng))
         loss, _ = target_nll(model, batch)
         optimizer.zero_grad()
         loss.backward()
