@@ -25,6 +25,21 @@ def test_tiny_checkpoint_is_a_qwen2_vl_folder(tiny_path):
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
+def test_build_recipe_sets_the_language_model_init_scale():
+    """model.build.text.initializer_range reaches the LM's weights; the vision tower keeps 0.02."""
+    from medr1.models.build import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(400)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, initializer_range=0.1)
+    vision = dict(depth=1, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    model = build_model(tokenizer, text=text, vision=vision, seed=0)
+    language = model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert abs(language.std().item() - 0.1) < 0.01
+    assert abs(model.model.visual.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.003
+
+
 def test_bench_checkpoint_has_qwen2_vl_2b_proportions_scaled_down(tmp_path):
     cfg = compose_config(["model=bench", f"paths.cache_dir={tmp_path}"])
     path = resolve_model_path(cfg.model, cfg.paths.cache_dir)

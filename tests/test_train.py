@@ -130,25 +130,29 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_grpo_raises_reward_and_accuracy_on_a_small_budget(tmp_path):
-    """On X-ray modality-recognition questions (answer: C) GRPO must climb from the instruct model's chance."""
-    cfg = compose_config(FAST + ["modality=xray", "question_type=modality_recognition", "trainer.max_steps=60",
-                                 "algo.optimizer.lr=1e-3", "algo.beta=0", "data.batch_size=8", "algo.num_generations=8",
+    """Modality recognition over all 8 modalities: the letter depends on the image, so GRPO must learn to read it."""
+    cfg = compose_config(FAST + ["question_type=modality_recognition", "trainer.max_steps=80",
+                                 "algo.optimizer.lr=3e-4", "algo.beta=0", "data.batch_size=16", "algo.num_generations=4",
                                  "data.source.size=40", "eval.before_training=true", "trainer.val_check_interval=1000"],
                          tmp_path)
     summary = train(cfg)
     before = json.loads((tmp_path / "eval_before" / "eval" / "summary.json").read_text())
     rows = read_metrics(tmp_path)
     rewards, accuracy = logged(rows, "train/reward"), logged(rows, "train/accuracy")
-    # measured: accuracy 0.19, 0.34, 0.28 over the first 3 steps, 0.9-1.0 from step 10 on
-    assert sum(accuracy[:3]) / 3 < 0.45 < 0.85 < sum(accuracy[-10:]) / 10
-    assert sum(rewards[-10:]) / 10 > sum(rewards[:3]) / 3 + 0.5
-    def xray_modality_accuracy(eval_dir: Path) -> float:
+    # measured: training accuracy 0.25 over the first 10 steps (chance: 0.25), 0.63 over the last 10;
+    # modality recognition on the test split 0.203 -> 0.522
+    assert sum(accuracy[:10]) / 10 < 0.35 < 0.5 < sum(accuracy[-10:]) / 10
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.25
+
+    def modality_accuracy(eval_dir: Path) -> float:
         rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if r["modality"] == "xray" and r["question_type"] == "modality_recognition"]
+        rows = [r for r in rows if r["question_type"] == "modality_recognition"]
         return sum(r["correct"] for r in rows) / len(rows)
 
-    assert summary["n"] == before["n"]
-    assert xray_modality_accuracy(tmp_path / "eval") > xray_modality_accuracy(tmp_path / "eval_before" / "eval") + 0.2
+    assert summary["n"] == before["n"]  # the test split covers every question type; this one is trained
+    start, end = modality_accuracy(tmp_path / "eval_before" / "eval"), modality_accuracy(tmp_path / "eval")
+    print(f"modality recognition on the test split: {start:.3f} -> {end:.3f}")
+    assert start < 0.35 and end > start + 0.2
 
 
 @pytest.mark.parametrize("algo", ["grpo", "sft"])
