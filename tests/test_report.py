@@ -228,6 +228,41 @@ def test_base_row_prefers_a_duplicate_that_finished(tmp_path: Path):
     assert any("folded (0); showing 1" in note for note in table.notes)
 
 
+def test_base_runs_with_different_prompts_keep_their_own_rows_and_deltas(tmp_path: Path):
+    """think_vs_nothink: `mode=eval,train x prompt=think,nothink` makes two different base evaluations."""
+    accuracy = {("eval", "think"): 0.30, ("eval", "nothink"): 0.15, ("train", "think"): 0.50, ("train", "nothink"): 0.35}
+    for job, (mode, prompt) in enumerate(accuracy):
+        overrides = ["experiment=think_vs_nothink", f"mode={mode}", f"prompt={prompt}", "++algo.beta=0.04"]
+        summary = make_summary(BASE, accuracy=accuracy[mode, prompt])
+        write_run(tmp_path, str(job), mode=mode, prompt=prompt, overrides=overrides, summary=summary)
+    table = build_report(tmp_path).comparison
+    rows = rows_by_label(table)
+    delta = table.columns.index("delta_accuracy_pp")
+    assert list(rows) == ["base: prompt=think", "base: prompt=nothink", "prompt=think", "prompt=nothink"]
+    assert rows["prompt=think"][delta] == pytest.approx(20.0)  # over the think base, 0.30
+    assert rows["prompt=nothink"][delta] == pytest.approx(20.0)  # over the nothink base, 0.15
+    assert not any("folded" in note for note in table.notes)
+
+
+def test_base_runs_differing_only_in_training_settings_fold(tmp_path: Path):
+    """sft_vs_rl: `mode=eval,train x algo=sft,grpo` evaluates the same base model twice."""
+    for job, algo in enumerate(["sft", "grpo"]):
+        overrides = ["experiment=sft_vs_rl", "mode=eval", f"algo={algo}", f"reward=r{job}", "trainer.max_steps=5"]
+        write_run(tmp_path, str(job), mode="eval", algo=algo, overrides=overrides, summary=make_summary(BASE))
+    write_run(tmp_path, "2", mode="eval", overrides=["mode=eval", "eval.max_new_tokens=8"], summary=make_summary(BASE))
+    table = build_report(tmp_path).comparison
+    assert [row[0] for row in table.rows] == ["base: experiment=sft_vs_rl", "base: eval.max_new_tokens=8"]
+    assert any("1 duplicate base-model run(s) folded (1); showing 0" in note for note in table.notes)
+
+
+def test_a_trained_run_no_override_tells_apart_is_labelled_by_algo_and_data(tmp_path: Path):
+    write_run(tmp_path, "0", mode="eval", summary=make_summary(BASE))
+    write_run(tmp_path, "1", modality="mri", summary=make_summary(TRAINED["mri"]))
+    write_run(tmp_path, "2", algo="sft", question_type="lesion_grading", summary=make_summary(BASE))
+    labels = [row[0] for row in build_report(tmp_path).comparison.rows]
+    assert labels == ["base", "grpo on mri", "sft on all/lesion_grading"]
+
+
 def test_rows_sharing_a_label_are_told_apart_by_their_overrides(tmp_path: Path):
     for job, lr in enumerate(["1e-6", "1e-5"]):
         overrides = ["modality=ct", f"algo.lr={lr}"]

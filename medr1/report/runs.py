@@ -174,36 +174,95 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 # --------------------------------------------------------------------------------------------------
 
 
+# Top-level config keys a base model's evaluation does not read. Base runs that differ only in these
+# are one evaluation repeated by the sweep's product (`mode=eval,train x modality=...`) and are folded.
+# A prompt, a model, a data or eval setting makes a different evaluation: its own base row.
+TRAIN_ONLY_KEYS = frozenset(
+    {"mode", "modality", "question_type", "algo", "reward", "tuning", "trainer", "logger", "experiment_name", "hydra"}
+)
+
+
+def override_items(run: Run) -> dict[str, str]:
+    """`+key=value`, `++key=value`, `key=value`, `~key` -> {key: value}."""
+    items = {}
+    for override in run.overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        items[key] = value if not key.startswith("~") else "<deleted>"
+    return items
+
+
+def evaluation_inputs(run: Run) -> tuple:
+    """What a base evaluation of `run`'s starting model depends on: model, prompt, other overrides."""
+    items = override_items(run)
+    skip = TRAIN_ONLY_KEYS | {"prompt"}  # the prompt is read from the config below, as is model.path
+    kept = tuple(
+        sorted(
+            (key, value)
+            for key, value in items.items()
+            if key.lstrip("~").split(".")[0] not in skip and key.lstrip("~") != "model.path"
+        )
+    )
+    return run.model_path, run.prompt, kept
+
+
 @dataclass(frozen=True)
 class BaseRow:
     """One base-model row standing for one or more identical `mode=eval` runs."""
 
-    label: str  # "base", or "base: <model>" when the sweep holds several base models
+    label: str  # "base", or "base: <what differs>" when the sweep holds several base evaluations
     run: Run  # the run shown (first by path that has a summary, else first by path)
-    folded: tuple[Run, ...]  # the other runs of the same base model, not shown
+    folded: tuple[Run, ...]  # the other runs of the same evaluation, not shown
+    inputs: tuple = ()  # evaluation_inputs() shared by the group
+
+
+def _base_label(inputs: tuple, groups: dict[tuple, list[Run]]) -> str:
+    """"base", or "base: <model> prompt=<p> key=value" naming only what differs between groups."""
+    if len(groups) == 1:
+        return "base"
+    model_path, prompt, kept = inputs
+    parts = []
+    if len({key[0] for key in groups}) > 1:
+        names = {key: group[0].model_name for key, group in groups.items()}
+        unique = len(set(names.values())) == len({key[0] for key in groups})
+        parts.append(str(names[inputs] if unique else model_path))
+    if len({key[1] for key in groups}) > 1:
+        parts.append(f"prompt={prompt}")
+    all_items = [dict(key[2]) for key in groups]
+    for name, value in kept:
+        if name == "model" and len({key[0] for key in groups}) > 1:
+            continue  # already named by the model part
+        if len({items.get(name) for items in all_items}) > 1:
+            parts.append(f"{name}={value}")
+    return "base: " + (" ".join(parts) or "(identical inputs)")
 
 
 def fold_base_runs(runs: list[Run]) -> list[BaseRow]:
-    """One row per distinct base model (model.path); duplicates from the sweep's product are folded."""
-    groups: dict[str | None, list[Run]] = {}
+    """One row per distinct base evaluation; duplicates from the sweep's product are folded."""
+    groups: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.is_base:
-            groups.setdefault(run.model_path, []).append(run)
-    names = [group[0].model_name for group in groups.values()]
-    use_names = len(set(names)) == len(names)
+            groups.setdefault(evaluation_inputs(run), []).append(run)
     rows = []
-    for model_path, group in groups.items():
+    for inputs, group in groups.items():
         shown = next((run for run in group if run.summary is not None), group[0])
-        label = "base"
-        if len(groups) > 1:
-            label = f"base: {group[0].model_name if use_names else model_path}"
-        rows.append(BaseRow(label, shown, tuple(run for run in group if run is not shown)))
+        folded = tuple(run for run in group if run is not shown)
+        rows.append(BaseRow(_base_label(inputs, groups), shown, folded, inputs))
     return rows
 
 
 def base_for(run: Run, bases: list[BaseRow]) -> BaseRow | None:
-    """The base row a trained run is compared with: same model.path, else the only base."""
-    for base in bases:
-        if base.run.model_path == run.model_path:
-            return base
-    return bases[0] if len(bases) == 1 else None
+    """The base row a trained run is compared with: the same evaluation inputs, else the only base
+    with the same model and prompt, else the only base with the same model, else the only base."""
+    inputs = evaluation_inputs(run)
+    for matches in (
+        lambda base: base.inputs == inputs,
+        lambda base: base.inputs[:2] == inputs[:2],
+        lambda base: base.inputs[0] == inputs[0],
+        lambda base: True,
+    ):
+        found = [base for base in bases if matches(base)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            return None
+    return None

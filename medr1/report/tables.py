@@ -21,7 +21,7 @@ from medr1.data.names import (
     canonical_modality,
     canonical_question_type,
 )
-from medr1.report.runs import BaseRow, Run, base_for, natural_key
+from medr1.report.runs import BaseRow, Run, base_for, natural_key, override_items
 
 MISSING_MD = "—"
 Cell = str | float | int | None
@@ -250,18 +250,9 @@ def _drop_empty_note_column(table: Table) -> Table:
 # --------------------------------------------------------------------------------------------------
 
 
-def _override_items(run: Run) -> dict[str, str]:
-    """`+key=value`, `++key=value`, `key=value`, `~key` -> {key: value}."""
-    items = {}
-    for override in run.overrides:
-        key, _, value = override.lstrip("+").partition("=")
-        items[key] = value if not key.startswith("~") else "<deleted>"
-    return items
-
-
 def override_labels(runs: list[Run], exclude: tuple[str, ...] = ()) -> dict[Path, str]:
     """Each run's overrides that differ across `runs`, e.g. "algo=sft prompt=think"; "" if none differ."""
-    items = {run.path: _override_items(run) for run in runs}
+    items = {run.path: override_items(run) for run in runs}
     keys = list(dict.fromkeys(key for run_items in items.values() for key in run_items))
     differing = [
         key
@@ -277,8 +268,14 @@ def override_labels(runs: list[Run], exclude: tuple[str, ...] = ()) -> dict[Path
 def _comparison_labels(trained: list[Run]) -> dict[Path, str]:
     """Label each trained run by the overrides that differ across trained runs."""
     differing = override_labels(trained)
-    labels = {run.path: differing[run.path] or f"run {run.relative}" for run in trained}
+    labels = {run.path: differing[run.path] or _trained_on(run) for run in trained}
     return _disambiguate(labels, trained, {})
+
+
+def _trained_on(run: Run) -> str:
+    """"grpo on mri", "sft on all/lesion_grading": a run's label when no override tells it apart."""
+    data = run.train_modality if run.train_question_type == "all" else f"{run.train_modality}/{run.train_question_type}"
+    return f"{run.algo or 'run'} on {data}"
 
 
 def _comparison_row(label: str, run: Run, base: BaseRow | None) -> list[Cell]:
