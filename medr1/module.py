@@ -3,6 +3,7 @@ by batched generation (accuracy by modality and question type), and exact-resume
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ import torch
 
 from medr1.evaluation import Generator, evaluate_batches, greedy
 from medr1.metrics import EvalAccumulator, score
+
+log = logging.getLogger(__name__)
 
 
 class VQAModule(L.LightningModule):
@@ -68,8 +71,9 @@ class VQAModule(L.LightningModule):
                    "val/reasoning_length": summary["reasoning_length"]}
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_modality"].items()}
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
-        # every rank holds the same gathered numbers: log them without another reduction
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"], rank_zero_only=True)
+        # every rank holds the same gathered numbers (their mean is exact): logged on every rank so that
+        # callbacks monitoring them (EarlyStopping, ModelCheckpoint) see them everywhere
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"], sync_dist=True)
 
     def evaluate(self, batches, *, progress: bool = True, description: str = "evaluating"):
         return evaluate_batches(self.model, batches, self.generator, greedy(self.eval_max_new_tokens),
@@ -78,22 +82,55 @@ class VQAModule(L.LightningModule):
     # --- exact resume: random states travel with the checkpoint ---------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["medr1_rng"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
+        # Lightning calls this on every rank (only rank zero writes the file): gather each rank's
+        # states, so that every rank resumes its own sampling stream, not rank zero's.
+        checkpoint["medr1_rng"] = {"per_rank": gather_objects(_random_states())}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("medr1_rng")
         if not states:
             return
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        np.random.set_state(_numpy_state_from_plain(states["numpy"]))
-        random.setstate(states["python"])
+        per_rank = states.get("per_rank", [states])  # checkpoints before per-rank states held one
+        rank = self.global_rank if self._trainer is not None else 0
+        if rank >= len(per_rank) or len(per_rank) != _world_size():
+            log.warning("checkpoint holds random states of %d process(es), resuming on %d: rank %d restores "
+                        "rank %d's, so sampling will not repeat the interrupted run exactly",
+                        len(per_rank), _world_size(), rank, rank % len(per_rank))
+        _set_random_states(per_rank[rank % len(per_rank)])
+
+
+def _random_states() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "python": random.getstate(),
+    }
+
+
+def _set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(_numpy_state_from_plain(states["numpy"]))
+    random.setstate(states["python"])
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
+def gather_objects(value) -> list:
+    """[value of rank 0, value of rank 1, ...]; [value] outside distributed runs."""
+    if not _distributed():
+        return [value]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
 
 
 def _numpy_state_to_plain(state: tuple) -> tuple:
@@ -109,12 +146,8 @@ def _numpy_state_from_plain(state: tuple) -> tuple:
 
 def gather_predictions(predictions: list) -> list:
     """All ranks' predictions, each question once (a distributed sampler pads with repeats)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return predictions
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, predictions)
     unique = {}
-    for rank_predictions in gathered:
+    for rank_predictions in gather_objects(predictions):
         for prediction in rank_predictions:
             unique.setdefault(prediction.id, prediction)
     return list(unique.values())

@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = build_loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
 
     # Under DDP/FSDP every rank runs this function; evaluation and files are rank zero's job

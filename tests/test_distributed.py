@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import REPO, compose_config
@@ -20,7 +21,9 @@ def test_ddp_grpo_on_two_cpu_processes(tmp_path):
         [sys.executable, "run.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.precision=32-true", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=3",
          "trainer.val_check_interval=2", "data.val_size=8", "data.batch_size=4", "data.source.size=5",
-         "algo.num_generations=4", "eval.before_training=false", "trainer.enable_progress_bar=false"],
+         "algo.num_generations=4", "eval.before_training=false", "trainer.enable_progress_bar=false",
+         # a callback monitoring a validation metric needs it on every rank, not only on rank zero
+         "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/accuracy,mode:max,patience:5}"],
         cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -31,6 +34,64 @@ def test_ddp_grpo_on_two_cpu_processes(tmp_path):
     # validation gathered both ranks' predictions (8 questions, padded repeats removed) before computing
     assert [r["val/accuracy"] for r in rows if r.get("val/accuracy")]
     assert len([r for r in rows if r.get("train/reward")]) == 3
+
+
+def test_ddp_micro_batches_all_reduce_once_and_give_the_whole_batch_update(tmp_path, tiny_path):
+    """2 ranks x 4 prompts, one SGD step (lr 1, no clipping): the weight change is exactly -gradient.
+    In micro-batches of 2 prompts the first backward accumulates locally (no_sync) and only the last
+    all-reduces, so the update must equal the whole-batch update and cost the same all-reduces."""
+    from safetensors.torch import load_file
+
+    finals, counts = {}, {}
+    for micro in (0, 2):
+        run_dir, probe = tmp_path / f"micro{micro}", tmp_path / f"probe{micro}"
+        result = subprocess.run(
+            [sys.executable, "run.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+             "trainer.precision=32-true", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=1",
+             "data.batch_size=4", "data.source.size=5", "algo.num_generations=4",
+             f"algo.micro_batch_size={micro}", "algo.beta=0", "algo.max_grad_norm=0",
+             "algo.optimizer._target_=torch.optim.SGD", "~algo.optimizer.betas", "algo.optimizer.lr=1.0",
+             "eval.before_training=false", "trainer.enable_progress_bar=false",
+             "+callbacks.probe._target_=tests.ddp_probe.CountGradientAllReduces", f"+callbacks.probe.out={probe}"],
+            cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        finals[micro] = load_file(run_dir / "checkpoints" / "final" / "model.safetensors")
+        counts[micro] = [json.loads((probe / f"rank{r}.json").read_text())["bucket_all_reduces"] for r in (0, 1)]
+    start = load_file(os.path.join(tiny_path, "model.safetensors"))
+    assert counts[0][0] > 0 and counts[2] == counts[0]  # one all-reduce per bucket per update, not per micro-batch
+    update = {name: finals[0][name] - start[name] for name in start}
+    assert max(float(u.abs().max()) for u in update.values()) > 1e-3  # the step moved the policy
+    for name, whole in update.items():
+        micro_update = finals[2][name] - start[name]
+        torch.testing.assert_close(micro_update, whole, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_resume_restores_every_rank_s_random_state(tmp_path):
+    """2 steps straight == 1 step, stop, resume from its checkpoint, 1 more step: on 2 processes,
+    each with its own sampling stream (their prompts differ, so do their completions' lengths)."""
+    from safetensors.torch import load_file
+
+    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+              "logger=csv", "trainer.max_steps=2", "data.batch_size=2", "data.source.size=5",
+              "algo.num_generations=4", "algo.beta=0", "algo.optimizer.lr=1e-3", "eval.before_training=false",
+              "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=1", "checkpoint.keep_all=true"]
+
+    def run(run_dir, *extra):
+        result = subprocess.run([sys.executable, "run.py", *common, f"hydra.run.dir={run_dir}", *extra],
+                                cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(straight)
+    checkpoint = next((straight / "checkpoints").glob("*step=1.ckpt"))
+    states = torch.load(checkpoint, weights_only=True)["medr1_rng"]["per_rank"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # rank 1's own
+    run(resumed, f"checkpoint.resume='{checkpoint}'")
+    a = load_file(straight / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(resumed / "checkpoints" / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("name", ["gpu", "ddp", "fsdp", "deepspeed"])

@@ -110,3 +110,28 @@ def test_prompt_batch_moves_tensors_only(processor, synthetic_splits):
     moved = batch.to(torch.device("cpu"))
     assert moved.records is batch.records
     assert torch.equal(moved.model_inputs["input_ids"], batch.model_inputs["input_ids"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The training sampler: one seeded order per epoch, sharded across ranks, resumable mid-epoch
+# --------------------------------------------------------------------------------------------------
+
+
+def test_epoch_sampler_shards_each_epoch_across_ranks_and_resumes_mid_epoch():
+    from torch.utils.data import DistributedSampler
+
+    from medr1.data.datamodule import EpochSampler
+
+    def sampler(rank=0, world=1, epoch=0, done=0):
+        return EpochSampler(11, 2, seed=7, position=lambda: (epoch, done), num_replicas=world, rank=rank)
+
+    whole = list(sampler())
+    assert sorted(whole) == list(range(11)) and len(sampler()) == 11
+    assert list(sampler(epoch=1)) != whole and sorted(sampler(epoch=1)) == list(range(11))
+    rank0, rank1 = list(sampler(rank=0, world=2)), list(sampler(rank=1, world=2))
+    assert len(rank0) == len(rank1) == len(sampler(world=2)) == 6  # 11 padded to 12 by one repeat
+    assert rank0 == whole[0::2] and rank1 == whole[1::2] + whole[:1]
+    # resuming after 2 batches of 2: each rank continues its own share
+    assert list(sampler(rank=1, world=2, done=2)) == rank1[4:]
+    assert list(sampler(done=3)) == whole[6:]
+    assert isinstance(sampler(), DistributedSampler)  # so Lightning keeps it under DDP instead of wrapping it

@@ -9,12 +9,13 @@ of the test split, since neither paper keeps a separate validation split.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import defaultdict
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from medr1.data.batches import PromptCollator
 from medr1.data.names import MODALITIES, QUESTION_TYPES
@@ -79,21 +80,28 @@ def cap_per_group(records: list[VQARecord], cap: int | None, key: str, seed: int
     return chosen
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(DistributedSampler):
     """A seeded shuffle per epoch that starts where a resumed run stopped, so resuming from a
-    mid-epoch checkpoint sees exactly the batches an uninterrupted run would have seen."""
+    mid-epoch checkpoint sees exactly the batches an uninterrupted run would have seen.
 
-    def __init__(self, size: int, batch_size: int, seed: int, position):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+    Under DDP each rank takes every `num_replicas`-th index of the epoch's order (padded by repeats
+    to equal shares, as torch's DistributedSampler does). Being a DistributedSampler, Lightning keeps
+    it instead of wrapping it in one that knows nothing of the resume position."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, position, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size, self.batch_size = size, batch_size
         self.position = position  # () -> (epoch, batches of that epoch already trained on)
 
     def __iter__(self):
         epoch, batches_done = self.position()
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-        yield from order[batches_done * self.batch_size :]
+        share = math.ceil(self.size / self.num_replicas)
+        order += order[: share * self.num_replicas - self.size]
+        yield from order[self.rank :: self.num_replicas][batches_done * self.batch_size :]
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self.num_replicas)
 
 
 class VQADataModule(L.LightningDataModule):
@@ -144,7 +152,10 @@ class VQADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_records), self.batch_size, self.seed, self._training_position)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(len(self.train_records), self.batch_size, self.seed, self._training_position,
+                               num_replicas=world, rank=rank)
         return DataLoader(
             self.train_records, batch_size=self.batch_size, sampler=sampler,
             drop_last=len(self.train_records) >= self.batch_size, collate_fn=self.train_collator,

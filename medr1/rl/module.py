@@ -141,6 +141,7 @@ class GRPOModule(VQAModule):
         """One optimiser step over all micro-batches; returns metrics averaged over them."""
         group, stats = self.group_size, {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
         optimizer.zero_grad(set_to_none=True)
+        last = len(micro) - 1
         for index, span in enumerate(micro):
             start, stop, weight = span
             rows = slice(start * group, stop * group)
@@ -157,7 +158,8 @@ class GRPOModule(VQAModule):
                 loss_agg=str(self.algo.loss_agg),
                 max_completion_length=int(self.algo.max_completion_length),
             )
-            self.manual_backward(output.loss * weight)
+            with self._gradient_sync(index == last):
+                self.manual_backward(output.loss * weight)
             mask = completion_mask[rows].float()
             stats["kl"] += weight * float(output.kl)
             stats["clip_fraction"] += weight * float(output.clip_fraction)
@@ -166,6 +168,13 @@ class GRPOModule(VQAModule):
             self.clip_gradients(optimizer, gradient_clip_val=float(self.algo.max_grad_norm), gradient_clip_algorithm="norm")
         optimizer.step()
         return stats
+
+    def _gradient_sync(self, sync: bool):
+        """All-reduce gradients on the update's last micro-batch only: the others accumulate locally
+        (DDP's no_sync via Lightning), so a step costs one all-reduce, not one per micro-batch."""
+        if sync or self._trainer is None:
+            return nullcontext()
+        return self._trainer.strategy.block_backward_sync()
 
     # --- what researchers read ------------------------------------------------------------------
 
