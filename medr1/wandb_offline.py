@@ -9,8 +9,12 @@ row each, as JSON-encoded values.
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BLOCK = 32 * 1024
 HEADER = 7
@@ -37,6 +41,8 @@ def _records(data: bytes):
             position += room
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if position + 7 + length > len(data):  # the writer is still writing this record
+            return
         chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind == FULL:
@@ -52,17 +58,36 @@ def _records(data: bytes):
             position += BLOCK - position % BLOCK if position % BLOCK else 0
 
 
-def read_history(path: str | Path) -> list[dict]:
-    """Every logged history row of the run, as {key: value} dicts in logging order."""
+def _parsed_records(path: str | Path):
     from wandb.proto import wandb_internal_pb2
 
     data = run_file(path).read_bytes()
     if not data.startswith(b":W&B"):
         raise ValueError(f"{path} is not a W&B run file (no :W&B header)")
-    rows = []
     for payload in _records(data):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
+        yield record
+
+
+def read_history(path: str | Path, wait: float = 30.0) -> list[dict]:
+    """Every logged history row of the run, as {key: value} dicts in logging order.
+
+    `run.finish()` can return before W&B's writer process has flushed the file, so this waits up
+    to `wait` seconds for the run's exit record; a run that never finished (crashed) is read as it
+    stands, with a warning."""
+    deadline = time.monotonic() + wait
+    while True:
+        records = list(_parsed_records(path))
+        finished = any(record.WhichOneof("record_type") == "exit" for record in records)
+        if finished or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if not finished:
+        log.warning("%s has no exit record after %.0f s: the run crashed or is still running; "
+                    "reading the rows written so far", run_file(path), wait)
+    rows = []
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             row = {}
             for item in record.history.item:
@@ -74,11 +99,7 @@ def read_history(path: str | Path) -> list[dict]:
 
 def read_run(path: str | Path) -> dict:
     """The run's identity as written: {"group", "tags", "project", "name"}."""
-    from wandb.proto import wandb_internal_pb2
-
-    for payload in _records(run_file(path).read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
+    for record in _parsed_records(path):
         if record.WhichOneof("record_type") == "run":
             run = record.run
             return {"group": run.run_group, "tags": list(run.tags), "project": run.project, "name": run.display_name}

@@ -108,6 +108,37 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     assert rewards_resumed == pytest.approx(rewards_straight[2:])
 
 
+def test_reading_an_offline_run_waits_for_w_b_s_writer(tmp_path, monkeypatch, caplog):
+    """run.finish() can return before W&B's writer process has flushed the file: the reader waits for
+    the exit record, and reads a run that never finished as far as it was written."""
+    import threading
+
+    import wandb
+
+    from medr1.wandb_offline import read_history, run_file
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(dir=tmp_path, project="medr1-tests")
+    for step in range(200):
+        run.log({"loss": float(step)})
+    run.finish()
+    complete = run_file(tmp_path / "wandb").read_bytes()
+    assert [row["loss"] for row in read_history(tmp_path / "wandb")] == [float(s) for s in range(200)]
+
+    partial = tmp_path / "partial" / "run-x.wandb"
+    partial.parent.mkdir()
+    partial.write_bytes(complete[: len(complete) // 2])  # cut mid-record, before the exit record
+    with caplog.at_level("WARNING"):
+        rows = read_history(partial, wait=0.3)
+    assert 0 < len(rows) < 200 and [row["loss"] for row in rows] == [float(s) for s in range(len(rows))]
+    assert "no exit record" in caplog.text
+
+    writer = threading.Timer(0.5, partial.write_bytes, args=(complete,))
+    writer.start()
+    assert len(read_history(partial, wait=20)) == 200  # waited for the rest
+    writer.join()
+
+
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, monkeypatch):
     from medr1.wandb_offline import read_history, read_run
 
