@@ -99,25 +99,47 @@ def test_lora_adapts_language_model_only_unless_asked(tiny_path):
         assert torch.allclose(lora(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
 
 
-def test_warm_start_draws_a_fresh_letter_each_time_and_reasons_from_the_question_type():
-    import random
-    from collections import Counter
-
+def test_warm_start_targets_every_option_letter_once_and_reasons_from_the_question_type():
     from medr1.data.records import VQARecord
-    from medr1.models.warmstart import GENERIC_REASONING, REASONING, with_random_answers
+    from medr1.models.warmstart import GENERIC_REASONING, REASONING, with_every_answer
 
     record = VQARecord(
         id="q1", images=("/x.png",), question="Which imaging modality is this?",
         options={"A": "CT", "B": "MRI", "C": "X-ray"}, answer="B", modality="ct",
         question_type="modality_recognition", source="synthetic",
     )
-    other = VQARecord(**{**record.__dict__, "id": "q2", "question_type": "other"})
-    rng = random.Random(0)
-    draws = [with_random_answers([record, other], rng) for _ in range(600)]
-    letters = Counter(batch[0].answer for batch in draws)
-    # the same record gets every option, about equally often: nothing per record to memorise
-    assert set(letters) == {"A", "B", "C"}
-    assert all(150 < n < 250 for n in letters.values()), letters
-    assert {batch[0].reasoning for batch in draws} == {REASONING["modality_recognition"]}
-    assert {batch[1].reasoning for batch in draws} == {GENERIC_REASONING}
+    other = VQARecord(**{**record.__dict__, "id": "q2", "question_type": "other", "options": {"A": "Yes", "B": "No"}})
+    copies = with_every_answer([record, other])
+    # each letter of each record exactly once: the letter's target is uniform over the options,
+    # so there is nothing per record or per image to memorise
+    assert [(c.id, c.answer) for c in copies] == [("q1", "A"), ("q1", "B"), ("q1", "C"), ("q2", "A"), ("q2", "B")]
+    assert [c.reasoning for c in copies] == [REASONING["modality_recognition"]] * 3 + [GENERIC_REASONING] * 2
     assert record.answer == "B" and record.reasoning is None  # the inputs are left as they were
+
+
+def test_instruct_model_samples_every_option_letter_about_equally(tiny_path):
+    """The tiny instruct model answers at chance: on 4-option modality questions each letter is
+    sampled about a quarter of the time (a skewed prior is what GRPO cannot get out of)."""
+    from collections import Counter
+
+    from medr1.answers import extract_choice
+    from medr1.evaluation import Generator
+    from medr1.rl.sequences import SamplingConfig
+    from medr1.setup import build_datamodule, load_policy
+
+    cfg = compose_config(["question_type=modality_recognition", "data.batch_size=16"])
+    torch.manual_seed(0)
+    policy = load_policy(cfg, train=False)
+    datamodule = build_datamodule(cfg, policy.processor)
+    datamodule.setup("fit")
+    generator = Generator.for_model(policy.model, policy.processor)
+    sampling = SamplingConfig(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    letters = Counter()
+    for index, batch in enumerate(datamodule.train_dataloader()):
+        if index == 2:
+            break
+        _, _, texts = generator.complete(policy.model, batch, sampling, 8)
+        letters.update(extract_choice(text, batch.records[i // 8].options) for i, text in enumerate(texts))
+    total = sum(letters.values())  # 2 x 16 prompts x 8 samples
+    assert letters[None] < 0.05 * total, letters  # the format holds
+    assert all(0.15 < letters[letter] / total < 0.35 for letter in "ABCD"), letters
