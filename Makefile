@@ -33,11 +33,11 @@ report:  ## generalization tables and heatmaps of a sweep: make report DIR=multi
 	$(PYTHON) -m medr1.report $(DIR)
 
 # The papers' studies scaled down to the tiny model, synthetic data and a CPU: same code, small budget.
-# The demo's measured settings (conf/experiment/demo.yaml): B16 x G4, lr 3e-4, KL 0.1, 40-token completions.
+# The demo's measured settings (conf/experiment/demo.yaml): B16 x G4, lr 2e-4, KL 0.1, 40-token completions.
 STEPS ?= 200
 CPU_STUDY = model=tiny data=synthetic trainer=cpu logger=csv trainer.max_steps=$(STEPS) trainer.max_epochs=-1 \
 	trainer.val_check_interval=100000 trainer.enable_progress_bar=false eval.before_training=false \
-	algo.optimizer.lr=3e-4 data.batch_size=16 ++algo.beta=0.1 ++algo.num_generations=4 \
+	algo.optimizer.lr=2e-4 data.batch_size=16 ++algo.beta=0.1 ++algo.num_generations=4 \
 	++algo.max_completion_length=40 ++algo.micro_batch_size=0
 
 study-cross-modality-cpu:  ## med_r1_cross_modality on CPU (3 modalities + base), then its report

@@ -143,3 +143,17 @@ def test_instruct_model_samples_every_option_letter_about_equally(tiny_path):
     total = sum(letters.values())  # 2 x 16 prompts x 8 samples
     assert letters[None] < 0.05 * total, letters  # the format holds
     assert all(0.15 < letters[letter] / total < 0.35 for letter in "ABCD"), letters
+
+
+def test_instruct_model_is_rebuilt_when_the_synthetic_images_change(monkeypatch, tmp_path):
+    """The warm start trains on synthetic images: a new generator version must not reuse the old model."""
+    import medr1.data.synthetic as synthetic
+    import medr1.models.loading as loading
+
+    monkeypatch.setattr(loading, "build_atomically", lambda target, build: target)  # names only, no build
+    cfg = compose_config(["model=tiny", f"paths.cache_dir={tmp_path}"])
+    current = resolve_model_path(cfg.model, tmp_path)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    changed = resolve_model_path(cfg.model, tmp_path)
+    assert "instruct" in current and current != changed
+    assert resolve_model_path(cfg.model.copy(), tmp_path) == changed  # and stable for the same versions

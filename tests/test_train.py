@@ -170,8 +170,7 @@ def test_grpo_raises_reward_and_accuracy_on_a_small_budget(tmp_path):
     before = json.loads((tmp_path / "eval_before" / "eval" / "summary.json").read_text())
     rows = read_metrics(tmp_path)
     rewards, accuracy = logged(rows, "train/reward"), logged(rows, "train/accuracy")
-    # measured: training accuracy 0.25 over the first 10 steps (chance: 0.25), 0.63 over the last 10;
-    # modality recognition on the test split 0.203 -> 0.522
+    # measured (synthetic generator version 4): modality recognition on the test split 0.319 -> 0.797
     assert sum(accuracy[:10]) / 10 < 0.35 < 0.5 < sum(accuracy[-10:]) / 10
     assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.25
 

@@ -6,7 +6,8 @@ the exact format of the real data, so that the real reader (medr1.data.omnimedvq
 What: 8 modalities x 5 question types, `size` questions per pair, one image per question. A tiny
 Qwen2-VL-style model sees a 56 px image as 4 merged tokens, one per quadrant, so:
 - every modality has its own global colour and texture (CT grey disc on black, MRI lavender oval,
-  X-ray light with ribs, ultrasound amber fan, dermoscopy skin, fundus orange disc, OCT teal layers,
+  X-ray light with ribs, ultrasound amber fan, dermoscopy skin with a brown pigment network inside the
+  lens's dark rim, fundus orange disc, OCT teal layers,
   microscopy pink with purple dots), recognisable from any quadrant;
 - each image has latent facts: a green lesion (present or not) of grade 1-3 (small/medium/large) in
   one quadrant, and 1-3 small blue objects, each alone in another quadrant;
@@ -50,7 +51,7 @@ from medr1.data.records import Splits
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3  # bump when the generated content changes, so stale folders are not reused
+GENERATOR_VERSION = 4  # bump when the generated content changes, so stale folders are not reused
 FAMILIES = (("ct", "mri", "xray", "ultrasound"), ("dermoscopy", "fundus", "oct", "microscopy"))
 DIAGNOSIS_OPTIONS = ("Normal", "Lesion present")
 GRADE_OPTIONS = ("Grade 1 (small)", "Grade 2 (medium)", "Grade 3 (large)")
@@ -428,11 +429,13 @@ def ultrasound_background(y, x, rng):
 
 
 def dermoscopy_background(y, x, rng):
-    canvas = filled(y, (232, 182, 150))
-    vignette = 1.0 - 0.35 * np.hypot(y - 0.5, x - 0.5) ** 2
-    canvas *= vignette[..., None]
+    canvas = filled(y, (226, 168, 128))
+    warp = 0.04 * np.sin(np.stack([y, x]) * 7.0 + rng.uniform(0, np.pi, size=(2, 1, 1)))
+    mesh = np.minimum(np.abs(np.sin((x + warp[0]) * 34.0)), np.abs(np.sin((y + warp[1]) * 34.0)))
+    paint(canvas, 0.7 * (mesh < 0.3), (125, 72, 40))  # brown pigment network
     paint(canvas, 0.25 * (rng.random(y.shape) < 0.08), (180, 120, 95))  # skin texture
-    return canvas
+    lens = np.clip(1.0 - 2.2 * (np.hypot(y - 0.5, x - 0.5) - 0.45), 0.25, 1.0)  # the dermatoscope's dark rim
+    return canvas * lens[..., None]
 
 
 def fundus_background(y, x, rng):

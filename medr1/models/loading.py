@@ -48,9 +48,11 @@ def resolve_model_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
     warmstart = recipe.get("warmstart")
     if not warmstart:
         return str(base)
+    from medr1.data.synthetic import GENERATOR_VERSION  # the warm start trains on synthetic images
     from medr1.models.warmstart import VERSION, warm_start  # needs data and SFT code: import only when used
 
-    target = models_dir / f"{model_cfg.name}-instruct-{recipe_hash(recipe | {'warmstart_version': VERSION})}"
+    versions = {"warmstart_version": VERSION, "synthetic_version": GENERATOR_VERSION}
+    target = models_dir / f"{model_cfg.name}-instruct-{recipe_hash(recipe | versions)}"
     return str(build_atomically(target, lambda folder: warm_start(base, folder, warmstart | {k: recipe[k] for k in ('min_pixels', 'max_pixels')}, cache_dir)))
 
 
