@@ -7,8 +7,8 @@ What: 8 modalities x 5 question types, `size` questions per pair, one image per 
 Qwen2-VL-style model sees a 56 px image as 4 merged tokens, one per quadrant, so:
 - every modality has its own global colour and texture (CT grey disc on black, MRI lavender oval,
   X-ray light with ribs, ultrasound amber fan, dermoscopy skin with a brown pigment network inside the
-  lens's dark rim, fundus orange disc, OCT teal layers,
-  microscopy pink with purple dots), recognisable from any quadrant;
+  lens's dark rim, fundus orange disc, OCT teal layers, microscopy pink with purple dots), recognisable
+  from any quadrant;
 - each image has latent facts: a green lesion (present or not) of grade 1-3 (small/medium/large) in
   one quadrant, and 1-3 small blue objects, each alone in another quadrant;
 - each question type asks about one fact, so every answer can be read off the image:
