@@ -92,7 +92,7 @@ class VQAModule(L.LightningModule):
             return
         per_rank = states.get("per_rank", [states])  # checkpoints before per-rank states held one
         rank = self.global_rank if self._trainer is not None else 0
-        if rank >= len(per_rank) or len(per_rank) != _world_size():
+        if len(per_rank) != _world_size():  # also covers a rank with no state of its own
             log.warning("checkpoint holds random states of %d process(es), resuming on %d: rank %d restores "
                         "rank %d's, so sampling will not repeat the interrupted run exactly",
                         len(per_rank), _world_size(), rank, rank % len(per_rank))
@@ -128,7 +128,7 @@ def gather_objects(value) -> list:
     """[value of rank 0, value of rank 1, ...]; [value] outside distributed runs."""
     if not _distributed():
         return [value]
-    gathered = [None] * torch.distributed.get_world_size()
+    gathered = [None] * _world_size()
     torch.distributed.all_gather_object(gathered, value)
     return gathered
 

@@ -2,8 +2,9 @@
 format but answers at chance.
 
 A short SFT pass on synthetic questions, each with every one of its option letters as a target:
-the model learns the output format, a uniform letter over the options, and nothing about the images, so a GRPO demo starts from chance
-accuracy with a policy that already gets format reward, like an instruct model would.
+the model learns the output format, a uniform letter over the options, and nothing about the
+images, so a GRPO demo starts from chance accuracy with a policy that already gets format reward,
+like an instruct model would.
 """
 
 from __future__ import annotations
