@@ -50,7 +50,9 @@ def build_datamodule(cfg: DictConfig, processor, *, with_targets: bool = False) 
     return VQADataModule(
         source=instantiate(cfg.data.source),
         processor=processor,
-        prompt=cfg.prompt.template,
+        prompt=cfg.prompt,  # the prompt group: template and option layout (medr1.data.prompts.PromptFormat)
+        eval_prompt=cfg.eval.get("prompt"),
+        resize=cfg.data.get("resize"),
         train_modality=cfg.modality.name,
         train_question_type=cfg.question_type.name,
         batch_size=int(cfg.data.batch_size),

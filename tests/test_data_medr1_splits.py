@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from medr1.data.medr1_splits import MedR1Splits, parse_problem
-from medr1.data.records import BadRecordError
+from medr1.data.records import BadRecordError, VQARecord
+from tests.conftest import compose_config
+from tests.released_formats import medr1_problem, write_medr1_splits
 
 CT_PROBLEM = "What imaging technique is employed for obtaining this image? A)Mammogram, B)Positron emission tomography (PET), C)CT, D)Fluoroscopy"
 
@@ -180,3 +184,112 @@ def test_unknown_name_in_file_name_is_reported(root):
 def test_missing_split_folder_names_the_expected_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Splits/modality/train"):
         MedR1Splits(root=tmp_path).load()
+
+
+def test_unknown_name_is_skipped_and_counted_under_skip(root):
+    write_split(root, "modality", "train", "Thermography", CT_TRAIN)
+    splits = MedR1Splits(root=root, on_bad_record="skip").load()
+    assert splits.skipped == 1 and len(splits.train) == 2
+
+
+# --- the release's quirk: Splits/modality/train/unknown_train.json -----------------------------------
+
+QUIRK = split_item(
+    "Images/Chest CT Scan/test/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/000143 (6).png",
+    "What imaging technique was employed for capturing this image? A)Angiography, B)Electrocardiogram (ECG), C)Mammogram, D)CT",
+    "D",
+)
+
+
+def quirk_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "unknown_train.json" in r.getMessage()]
+
+
+@pytest.mark.parametrize("on_bad_record", ["raise", "skip"])
+def test_the_unknown_modality_file_is_left_out_with_one_log_line(root, caplog, on_bad_record):
+    caplog.set_level(logging.INFO, logger="medr1.data.medr1_splits")
+    write_split(root, "modality", "train", "unknown", [QUIRK])
+    splits = MedR1Splits(root=root, on_bad_record=on_bad_record).load()
+    assert [record.id for record in splits.train] == [
+        "CT(Computed Tomography)_train:0",
+        "CT(Computed Tomography)_train:1",
+    ]
+    assert splits.skipped == 0  # a known quirk, not a bad record
+    [line] = quirk_lines(caplog)
+    assert "1 record(s)" in line and "modality 'unknown'" in line and "left out" in line
+
+
+def test_split_by_question_type_reads_past_the_quirk_and_marks_its_question_unknown(root, caplog):
+    caplog.set_level(logging.INFO, logger="medr1.data.medr1_splits")
+    write_split(root, "modality", "train", "unknown", [QUIRK])
+    write_split(root, "question_type", "train", "Disease Diagnosis", CT_TRAIN)
+    # as released: the quirk's question is a Modality Recognition test question
+    write_split(root, "question_type", "test", "Modality Recognition", [*CT_TEST, QUIRK])
+    splits = MedR1Splits(root=root, split_by="question_type").load()
+    assert [record.modality for record in splits.train] == ["ct", "ct"]
+    assert [(record.modality, record.question_type) for record in splits.test] == [
+        ("ct", "modality_recognition"),
+        ("unknown", "modality_recognition"),
+    ]
+    assert splits.test[1].answer == "D" and splits.skipped == 0
+    [line] = quirk_lines(caplog)
+    assert "1 record(s)" in line and "get modality 'unknown'" in line
+
+
+def test_an_unknown_file_that_is_not_json_is_still_a_bad_file(root):
+    (root / "Splits/modality/train/unknown_train.json").write_text("[{", encoding="utf-8")
+    with pytest.raises(BadRecordError, match="unknown_train.json.*malformed JSON"):
+        MedR1Splits(root=root).load()
+
+
+# --- round trip: records -> released layout (tests/released_formats.py) -> records -----------------------
+
+
+def content(records) -> list[tuple]:
+    """What must survive the round trip, in a canonical order (ids and image folders change)."""
+    return sorted(
+        (r.modality, r.question_type, r.question, tuple(r.options.items()), r.answer, Path(r.images[0]).name)
+        for r in records
+    )
+
+
+@pytest.mark.parametrize("split_by", ["modality", "question_type"])
+def test_synthetic_records_round_trip_through_the_released_layout(
+    synthetic_splits, tmp_path, caplog, split_by
+):
+    caplog.set_level(logging.INFO, logger="medr1.data.medr1_splits")
+    root = write_medr1_splits(synthetic_splits, tmp_path / "released")
+    assert json.loads((root / "Splits/modality/train/unknown_train.json").read_text(encoding="utf-8"))[0][
+        "problem"
+    ].endswith("D)CT")
+    splits = MedR1Splits(root=root, split_by=split_by, on_bad_record="raise").load()
+    assert len(splits.train) == len(synthetic_splits.train) and len(splits.test) == len(synthetic_splits.test)
+    assert content(splits.train) == content(synthetic_splits.train)
+    assert content(splits.test) == content(synthetic_splits.test)
+    assert splits.skipped == 0 and len(quirk_lines(caplog)) == 1
+    assert all(
+        Path(image).is_relative_to(root.resolve() / "Images") for r in splits.train for image in r.images
+    )
+
+
+def test_the_written_problem_is_med_r1s_format():
+    record = VQARecord(
+        id="x",
+        images=("/x.png",),
+        question="Which one?",
+        options={"A": "one", "B": "two, three"},
+        answer="B",
+        modality="ct",
+        question_type="disease_diagnosis",
+        source="Set",
+    )
+    assert medr1_problem(record) == "Which one? A)one, B)two, three"
+    assert parse_problem(medr1_problem(record)) == ("Which one?", record.options)
+
+
+@pytest.mark.parametrize("split_by", ["modality", "question_type"])
+def test_the_data_config_reads_the_released_layout(synthetic_splits, tmp_path, split_by):
+    root = write_medr1_splits(synthetic_splits, tmp_path / "released")
+    cfg = compose_config(["data=medr1_splits", f"data.root={root}", f"data.source.split_by={split_by}"])
+    splits = instantiate(cfg.data.source).load()
+    assert (len(splits.train), len(splits.test)) == (len(synthetic_splits.train), len(synthetic_splits.test))

@@ -8,12 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from PIL import Image
 
 from medr1.data import records as records_module
 from medr1.data.omnimedvqa import OmniMedVQA
 from medr1.data.records import BadRecordError, VQARecord
 from medr1.data.split import split_by_group
+from tests.conftest import compose_config
 
 # --- builders of a real-format OmniMedVQA root ------------------------------------------------------
 
@@ -357,3 +359,36 @@ def test_reader_splits_by_modality_or_question_type(tmp_path):
         "disease_diagnosis": 2,
     }
     assert ids(load(root, split_by="modality").test) == ids(by_modality.test)
+
+
+# --- config: data.access and data.resize -----------------------------------------------------------
+
+
+def test_data_access_open_only_reads_a_download_without_the_restricted_images(tmp_path):
+    root = write_root(tmp_path / "omni", {"open": [raw_item(0)]})
+    write_root(root, {"restricted": [raw_item(5)]}, access="Restricted-access", images=False)
+    cfg = compose_config(["data=omnimedvqa", f"data.root={root}", "data.access=[Open-access]"])
+    assert list(cfg.data.source.access) == ["Open-access"]
+    assert list(all_records(instantiate(cfg.data.source).load())) == ["Chest CT Scan_0000"]
+    default = compose_config(["data=omnimedvqa", f"data.root={root}"])
+    assert list(default.data.source.access) == ["Open-access", "Restricted-access"]
+    with pytest.raises(BadRecordError, match=r"data.access=\[Open-access\]"):
+        instantiate(default.data.source).load()
+
+
+@pytest.mark.parametrize("access", [["Open"], "open-access", []])
+def test_a_bad_access_name_is_an_error_naming_the_valid_ones(access):
+    with pytest.raises(ValueError, match=r"data.access: .*valid: \['Open-access', 'Restricted-access'\]"):
+        OmniMedVQA(root="/nowhere", access=access)
+
+
+def test_a_bad_access_name_in_the_config_fails_at_instantiation(tmp_path):
+    cfg = compose_config(["data=omnimedvqa", f"data.root={tmp_path}", "data.access=[Open-acess]"])
+    with pytest.raises(Exception, match="Open-acess.*valid"):
+        instantiate(cfg.data.source)
+
+
+@pytest.mark.parametrize("data", ["synthetic", "omnimedvqa", "medr1_splits", "medvlm_r1"])
+def test_every_data_config_has_resize_off_by_default(data):
+    cfg = compose_config([f"data={data}"])
+    assert "resize" in cfg.data and cfg.data.resize is None

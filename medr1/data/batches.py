@@ -3,28 +3,45 @@
 Every batch has the same layout in GRPO, SFT and evaluation: left-padded prompts (the processor's
 output) followed, where there is one, by a right-padded completion. An SFT target is tokenised as
 a completion the model would generate (target tokens + <|im_end|>), so SFT trains on exactly the
-token sequences that evaluation decodes.
+token sequences that evaluation decodes. With `data.resize=N` every image is first resized to N x N
+(Med-R1 pre-resized its images to 384 x 384), in training and evaluation alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from medr1.data.prompts import chat_messages, target_text
+from medr1.data.prompts import PromptFormat, chat_messages, target_text
 from medr1.data.records import BadRecordError, VQARecord
 
 
 @dataclass
 class PromptBatch:
-    records: list[VQARecord]
+    """A collated batch. `records` and `extra` are passengers that only `fields()` and callers read.
+
+    They are init=False fields (hence the explicit __init__): Lightning's precision plugins (e.g.
+    bf16-true) convert batches with `lightning_utilities.apply_to_collection`, which rebuilds every
+    init field of a dataclass, element by element, and raises on a frozen dataclass such as a
+    VQARecord; it keeps init=False fields as they are (the same objects), as `.to` does.
+    """
+
     model_inputs: dict[str, torch.Tensor]  # processor outputs: input_ids [B, P] (left-padded), pixels, grids
     images_per_prompt: torch.Tensor  # [B]
     target_ids: torch.Tensor | None = None  # [B, T] SFT targets as completions (right-padded)
     target_mask: torch.Tensor | None = None  # [B, T] 1 on target tokens
-    extra: dict = field(default_factory=dict)
+    records: list[VQARecord] = field(init=False)
+    extra: dict = field(init=False)
+
+    def __init__(self, records: list[VQARecord], model_inputs: dict[str, torch.Tensor], images_per_prompt: torch.Tensor,
+                 target_ids: torch.Tensor | None = None, target_mask: torch.Tensor | None = None,
+                 extra: dict | None = None):
+        self.records, self.model_inputs, self.images_per_prompt = records, model_inputs, images_per_prompt
+        self.target_ids, self.target_mask = target_ids, target_mask
+        self.extra = {} if extra is None else extra
 
     def __len__(self) -> int:
         return len(self.records)
@@ -52,30 +69,49 @@ class PromptBatch:
         }
 
 
-def load_image(path: str, record: VQARecord) -> Image.Image:
-    """RGB image at `path`; an unreadable file raises an error naming the record."""
+def check_resize(size) -> int | None:
+    """`data.resize` checked: a positive int (the side every image is resized to) or None (no resize)."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(
+            f"data.resize={size!r} must be a positive int, the side of the square every image is resized to "
+            "(Med-R1: 384), or null to keep each image's own size"
+        )
+    return size
+
+
+def load_image(path: str, record: VQARecord, resize: int | None = None) -> Image.Image:
+    """RGB image at `path`, resized to `resize` x `resize` (bicubic) if given; an unreadable file
+    raises an error naming the record."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
     except (OSError, ValueError) as error:
         raise BadRecordError(path, record.id, f"image cannot be read ({error})") from error
+    return rgb if resize is None else rgb.resize((resize, resize), Image.Resampling.BICUBIC)
 
 
 class PromptCollator:
-    """Callable collate_fn: records -> PromptBatch (with SFT targets when `with_targets`)."""
+    """Callable collate_fn: records -> PromptBatch (with SFT targets when `with_targets`).
 
-    def __init__(self, processor, template: str, *, with_targets: bool = False, max_prompt_length: int | None = None):
+    `prompt` is a PromptFormat, a `prompt` config group or a bare template name; `resize` is
+    `data.resize` (None: images keep their size, the processor then applies its pixel budget)."""
+
+    def __init__(self, processor, prompt: PromptFormat | str | Mapping, *, with_targets: bool = False,
+                 max_prompt_length: int | None = None, resize: int | None = None):
         self.processor = processor
-        self.template = template
+        self.prompt = PromptFormat.from_config(prompt)
         self.with_targets = with_targets
         self.max_prompt_length = max_prompt_length
+        self.resize = check_resize(resize)
 
     def __call__(self, records: list[VQARecord]) -> PromptBatch:
         texts = [
-            self.processor.apply_chat_template(chat_messages(r, self.template), add_generation_prompt=True, tokenize=False)
+            self.processor.apply_chat_template(chat_messages(r, self.prompt), add_generation_prompt=True, tokenize=False)
             for r in records
         ]
-        images = [load_image(path, r) for r in records for path in r.images]
+        images = [load_image(path, r, self.resize) for r in records for path in r.images]
         self.processor.tokenizer.padding_side = "left"
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         inputs = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
@@ -106,7 +142,7 @@ class PromptCollator:
         """Target text + <|im_end|> as right-padded completion ids [B, T] and mask [B, T]."""
         tokenizer = self.processor.tokenizer
         end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        rows = [tokenizer(target_text(r, self.template), add_special_tokens=False)["input_ids"] + [end_id] for r in records]
+        rows = [tokenizer(target_text(r, self.prompt), add_special_tokens=False)["input_ids"] + [end_id] for r in records]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

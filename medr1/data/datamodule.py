@@ -4,6 +4,10 @@
 always evaluated whole, so every run reports on every modality and question type (the papers'
 cross-modality / cross-task protocol). Validation during training uses a fixed, stratified subset
 of the test split, since neither paper keeps a separate validation split.
+
+Training batches use the training prompt; validation and test batches use the evaluation template
+(`eval.prompt`, default the training one) with the training prompt's option layout, as Med-R1
+evaluates with templates of its own. `data.resize` applies to every split.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import math
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 
 import lightning as L
 import torch
@@ -19,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from medr1.data.batches import PromptCollator
 from medr1.data.names import MODALITIES, QUESTION_TYPES
+from medr1.data.prompts import PromptFormat
 from medr1.data.records import Splits, VQARecord
 
 log = logging.getLogger(__name__)
@@ -110,7 +116,9 @@ class VQADataModule(L.LightningDataModule):
         *,
         source,
         processor,
-        prompt: str,
+        prompt: PromptFormat | str | Mapping,
+        eval_prompt: str | None = None,
+        resize: int | None = None,
         train_modality: str = "all",
         train_question_type: str = "all",
         batch_size: int = 8,
@@ -129,8 +137,11 @@ class VQADataModule(L.LightningDataModule):
         self.train_modality, self.train_question_type = train_modality, train_question_type
         self.max_train_samples, self.max_test_per_modality, self.val_size = max_train_samples, max_test_per_modality, val_size
         self.seed = seed
-        self.train_collator = PromptCollator(processor, prompt, with_targets=with_targets, max_prompt_length=max_prompt_length)
-        self.eval_collator = PromptCollator(processor, prompt, with_targets=False)
+        self.prompt = PromptFormat.from_config(prompt)
+        self.eval_prompt = self.prompt.with_template(eval_prompt)
+        self.train_collator = PromptCollator(processor, self.prompt, with_targets=with_targets,
+                                             max_prompt_length=max_prompt_length, resize=resize)
+        self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, resize=resize)
         self.splits: Splits | None = None
         self.train_records: list[VQARecord] = []
         self.test_records: list[VQARecord] = []

@@ -11,6 +11,15 @@ Each file is a JSON list of {"image": "Images/<dataset>/...", "problem": "Q? A)o
 as "A)text, B)text, ..."; option text may itself hold commas, so the text is cut only at ", X)" where X
 is the next letter. The file name gives the modality (or question type); the other attribute is looked
 up by (image, problem) in the sibling folder when it exists, and is "unknown" otherwise.
+
+The release's quirk: Splits/modality/train/unknown_train.json holds one record (a Chest CT Scan
+question) filed under modality "unknown". A file whose name is literally `unknown_<part>.json` is such a
+quirk, not an error: its records go into no group and one log line says how many and which file (they
+are not bad records, so on_bad_record does not apply and Splits.skipped does not count them). With
+split_by=question_type the modality comes from Splits/modality; a question found only in the quirk file
+keeps modality "unknown" (in the release it is one Modality Recognition test question, so the
+question-type split keeps it and a per-modality breakdown shows it under "unknown"). Any other file name
+that names no known modality or question type stays a bad record (raised, or counted under skip).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ log = logging.getLogger(__name__)
 GROUPS = {"modality": canonical_modality, "question_type": canonical_question_type}
 SIBLING = {"modality": "question_type", "question_type": "modality"}
 UNKNOWN = "unknown"  # the attribute not given by the file name, when the sibling folder is absent
+QUIRK_NAME = "unknown"  # Splits/modality/train/unknown_train.json: records the release filed under no group
 
 _OPTION_A = re.compile(r"(?<!\S)A\)")  # "A)" at the start or after whitespace
 _SOLUTION = re.compile(r"\s*<answer>\s*([A-Za-z])\s*</answer>\s*", re.DOTALL)
@@ -91,9 +101,8 @@ class MedR1Splits:
             )
         records: list[VQARecord] = []
         for path in tqdm(files, desc=f"Med-R1 {part} files", unit="file", disable=None):
-            group = group_from_file_name(path, self.split_by, part, counter)
-            items = read_json_list(path, counter) if group is not None else None
-            for index, item in enumerate(items or []):
+            group, items = group_items(path, self.split_by, part, counter, sibling=False)
+            for index, item in enumerate(items):
                 try:
                     records.append(self.record(item, f"{path.stem}:{index}", path, group, checker, other))
                 except BadRecordError as error:
@@ -140,9 +149,8 @@ class MedR1Splits:
         lookup: dict[tuple[str, str], str] = {}
         for part in ("train", "test"):
             for path in self.split_files(kind, part):
-                name = group_from_file_name(path, kind, part, counter)
-                items = read_json_list(path, counter) if name is not None else None
-                for item in items or []:
+                name, items = group_items(path, kind, part, counter, sibling=True)
+                for item in items:
                     if (
                         isinstance(item, dict)
                         and clean_text(item.get("image"))
@@ -153,6 +161,40 @@ class MedR1Splits:
 
 
 # --- parsing --------------------------------------------------------------------------------------------
+
+
+def group_items(path: Path, kind: str, part: str, counter: SkipCounter, sibling: bool) -> tuple[str, list]:
+    """The group a split file names and its items; no items for a bad file name or the 'unknown' quirk."""
+    if is_quirk_file(path, part):
+        items = read_json_list(path, counter) or []
+        note_quirk(path, len(items), kind, sibling)
+        return QUIRK_NAME, []
+    group = group_from_file_name(path, kind, part, counter)
+    if group is None:
+        return UNKNOWN, []
+    return group, read_json_list(path, counter) or []
+
+
+def is_quirk_file(path: Path, part: str) -> bool:
+    """True for '<kind>/<part>/unknown_<part>.json', the release's file of records in no group."""
+    return path.stem.removesuffix(f"_{part}") == QUIRK_NAME
+
+
+def note_quirk(path: Path, count: int, kind: str, sibling: bool) -> None:
+    """One log line for the quirk file: how many records it holds and what happens to them."""
+    what = kind.replace("_", " ")
+    if sibling:
+        fate = f"questions found only there get {what} {UNKNOWN!r}"
+    else:
+        fate = f"they are left out of every {what} group"
+    log.info(
+        "Med-R1 splits: %d record(s) in %s filed under %s %r (a quirk of the release); %s",
+        count,
+        path,
+        what,
+        QUIRK_NAME,
+        fate,
+    )
 
 
 def group_from_file_name(path: Path, kind: str, part: str, counter: SkipCounter) -> str | None:

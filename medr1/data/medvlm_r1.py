@@ -23,10 +23,24 @@ Protocol and departures:
 - Train: items of `modality`, shuffled with `seed` (the permutation of datasets' Dataset.shuffle(seed)),
   first `train_size`. MedVLM-R1's script takes the first 500 MRI items in file order and then shuffles;
   its paper reports 600; here the shuffle comes first, so any train_size draws from all MRI items.
-- Test: `test_per_modality` seeded OmniMedVQA questions per test modality from `test_root`, as in the
-  paper (300 MRI + 300 CT + 300 X-ray), leaving out questions whose stem and image file name match a
-  training question (the evaluation data contains OmniMedVQA items). Without `test_root`, the test set
-  is drawn from the remaining items of `root` instead, and a note says so.
+- Test, with `test_file` (the paper's protocol): MedVLM-R1's released MRI_CT_XRAY_300each_dataset.json,
+  read as is (its eval script src/eval/test_qwen2vl_med.py slices it [:300] MRI, [300:600] CT, [600:]
+  X-ray; here each item's `subset` gives its modality, so any block sizes work). Items are Huatuo rows
+  plus `problem` and `solution`:
+      image     list of paths relative to the Huatuo folder (`root`), e.g. ["images/brain002206.png"]
+      problem   question + "\n" + "\n".join("A) text", ...) (the prompt MedVLM-R1 shows; not read here)
+      solution  the bare correct letter, e.g. "D"; it must be one of the options' letters
+      question, options, answer (the correct option's text; when present it must match `solution`),
+      dataset ("OmniMedVQA"), subset (the raw modality).
+  Record ids are "<file stem>:<index>", question_type "unknown". Items of modalities outside
+  `test_modalities` are left out (logged); `test_per_modality` does not apply (the file is the set).
+  Training questions whose stem and image file name match a test item are left out of training (the
+  file's items are Huatuo items, so the MRI pool contains them), and the next ones drawn instead.
+  A relative `test_file` is tried as given, then under `root`.
+- Test, without `test_file`: `test_per_modality` seeded OmniMedVQA questions per test modality from
+  `test_root` (300 MRI + 300 CT + 300 X-ray), leaving out questions whose stem and image file name match
+  a training question (the evaluation data contains OmniMedVQA items). Not the released questions.
+  Without `test_root` either, the test set is drawn from the remaining items of `root`, and a note says so.
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medr1.data.names import canonical_modality
-from medr1.data.omnimedvqa import OmniMedVQA, answer_letter, clean_text, usable_image
+from medr1.data.omnimedvqa import OmniMedVQA, answer_letter, clean_text, known_name, usable_image
 from medr1.data.records import (
     FILE_RECORD_ID,
     LETTERS,
@@ -52,12 +66,14 @@ from medr1.data.records import (
     SkipCounter,
     Splits,
     VQARecord,
+    read_json_list,
 )
 
 log = logging.getLogger(__name__)
 
 DATA_FILE_NAMES = ("medical_multimodel_evaluation_data.json", "medical_multimodal_evaluation_data.json")
 REQUIRED_COLUMNS = ("question", "options", "answer", "image", "subset")
+TEST_FILE_FIELDS = ("image", "question", "options", "solution", "subset")  # required in a test-file item
 UNKNOWN_QUESTION_TYPE = "unknown"
 
 
@@ -69,6 +85,7 @@ class MedVLMR1:
         *,
         root: str | Path,
         test_root: str | Path | None = None,
+        test_file: str | Path | None = None,
         train_size: int = 600,
         modality: str = "mri",
         test_modalities: Sequence[str] = ("mri", "ct", "xray"),
@@ -80,6 +97,12 @@ class MedVLMR1:
     ):
         self.root = Path(root).expanduser().resolve()
         self.test_root = None if test_root is None else Path(test_root).expanduser().resolve()
+        self.test_file = None if test_file is None else Path(test_file).expanduser()
+        if self.test_file is not None and self.test_root is not None:
+            raise ValueError(
+                "data.test_file and data.test_root both set: the test set comes either from MedVLM-R1's "
+                f"released file ({test_file}) or from a seeded OmniMedVQA draw ({test_root}); set the other to null"
+            )
         self.train_size = train_size
         self.modality = _canonical(modality, "data.modality")
         self.test_modalities = tuple(
@@ -93,32 +116,44 @@ class MedVLMR1:
         self.cache_dir = cache_dir
 
     def load(self) -> Splits:
-        """Train from `root` (one modality, seeded), test from `test_root` or from `root`'s remaining items."""
+        """The test file's items and training without them; or training first, then a test draw."""
         counter = SkipCounter(self.on_bad_record)
         checker = ImageChecker(self.verify_images)
         data_file = self.data_file()
         rows = read_rows(data_file, counter, self.cache_dir)
         by_modality = rows_by_modality(rows)
         build = functools.partial(huatuo_record, data_file=data_file, checker=checker)
-        train, used = take_records(
-            self.shuffled(by_modality.get(self.modality, [])), self.train_size, build, counter
-        )
+        released = self.test_from_file(data_file.parent, checker, counter) if self.test_file else None
+        train, used = self.train_records(by_modality.get(self.modality, []), build, counter, released)
         if len(train) < self.train_size:
             log.warning(
                 "MedVLM-R1: only %d %s training questions in %s", len(train), self.modality, data_file
             )
-        if self.test_root is not None:
+        if released is not None:
+            test = released
+        elif self.test_root is not None:
             test = self.test_from_omnimedvqa(train, checker, counter)
         else:
             log.warning(
-                "MedVLM-R1: no data.test_root given, so the test set is drawn from the remaining items of %s, "
-                "not from OmniMedVQA as in the paper; set data.test_root=<OmniMedVQA root> for the paper's protocol",
+                "MedVLM-R1: no data.test_file or data.test_root given, so the test set is drawn from the remaining "
+                "items of %s, not the paper's; set data.test_file=<MRI_CT_XRAY_300each_dataset.json> for its test set",
                 data_file,
             )
             test = self.test_from_remaining(by_modality, used, train, build, counter)
         counter.report(f"MedVLM-R1 data at {self.root}")
         log.info("MedVLM-R1: %d train (%s), %d test records", len(train), self.modality, len(test))
         return Splits(train=train, test=test, skipped=counter.total)
+
+    def train_records(
+        self, rows: list[dict], build, counter: SkipCounter, test: list[VQARecord] | None
+    ) -> tuple[list[VQARecord], set[int]]:
+        """The first `train_size` of the seeded shuffle of `rows`, passing over questions of `test`."""
+        tested = None if test is None else {overlap_key(record) for record in test}
+        passed_over: list[VQARecord] = []
+        train, used = take_records(self.shuffled(rows), self.train_size, build, counter, tested, passed_over)
+        if passed_over:
+            log.info("MedVLM-R1: left %d training questions out that are in the test file", len(passed_over))
+        return train, used
 
     def data_file(self) -> Path:
         """The evaluation-data JSON: `root` itself, a known file name in it, or its only JSON file."""
@@ -133,6 +168,42 @@ class MedVLMR1:
                 "folder. Set data.root to that folder or to the JSON file itself."
             )
         return candidates[0]
+
+    def resolved_test_file(self) -> Path:
+        """`test_file` as given if it exists, else under `root`; FileNotFoundError names both tries."""
+        folder = self.root.parent if self.root.is_file() else self.root
+        tries = (
+            [self.test_file] if self.test_file.is_absolute() else [self.test_file, folder / self.test_file]
+        )
+        for path in tries:
+            if path.is_file():
+                return path.resolve()
+        raise FileNotFoundError(
+            f"MedVLM-R1 test file not found: tried {', '.join(str(path) for path in tries)}. Set data.test_file "
+            "to MedVLM-R1's released MRI_CT_XRAY_300each_dataset.json (absolute, or relative to data.root), "
+            "or to null for a seeded test draw."
+        )
+
+    def test_from_file(self, folder: Path, checker: ImageChecker, counter: SkipCounter) -> list[VQARecord]:
+        """The released test file's items of the test modalities, in file order; images under `folder`."""
+        path = self.resolved_test_file()
+        records: list[VQARecord] = []
+        for index, item in enumerate(read_json_list(path, counter) or []):
+            try:
+                records.append(test_file_record(item, index, path, folder, checker))
+            except BadRecordError as error:
+                counter.handle(error)
+        kept = [record for record in records if record.modality in self.test_modalities]
+        if len(kept) < len(records):
+            log.info(
+                "MedVLM-R1: left out %d items of %s whose modality is not in data.test_modalities %s",
+                len(records) - len(kept),
+                path,
+                list(self.test_modalities),
+            )
+        counts = Counter(record.modality for record in kept)
+        log.info("MedVLM-R1: test set from %s: %s", path, dict(counts))
+        return kept
 
     def shuffled(self, items: list) -> list:
         """`items` in the order of datasets' Dataset.shuffle(seed=self.seed)."""
@@ -263,6 +334,59 @@ def huatuo_record(row: dict, data_file: Path, checker: ImageChecker) -> VQARecor
     return record
 
 
+def test_file_record(item: object, index: int, file: Path, folder: Path, checker: ImageChecker) -> VQARecord:
+    """One item of the released test file as a record; BadRecordError names what is wrong."""
+    record_id = f"{file.stem}:{index}"
+    try:
+        if not isinstance(item, dict):
+            raise ValueError(f"malformed item: expected an object, got {type(item).__name__}")
+        missing = [name for name in TEST_FILE_FIELDS if is_empty(item.get(name))]
+        if missing:
+            raise ValueError(f"missing field: {', '.join(missing)} (absent or empty)")
+        options = options_from_list(item["options"])
+        answer = solution_letter(clean_text(item["solution"]), options)
+        check_answer_text(clean_text(item.get("answer")), answer, options)
+        images = tuple(str(usable_image(folder, path, checker)) for path in image_list(item["image"]))
+        modality = known_name(canonical_modality, clean_text(item["subset"]), "unknown modality in subset")
+    except ValueError as error:
+        raise BadRecordError(file, record_id, str(error)) from None
+    record = VQARecord(
+        id=record_id,
+        images=images,
+        question=clean_text(item["question"]),
+        options=options,
+        answer=answer,
+        modality=modality,
+        question_type=UNKNOWN_QUESTION_TYPE,
+        source=clean_text(item.get("dataset")) or "OmniMedVQA",
+    )
+    record.check(file)
+    return record
+
+
+def is_empty(value: object) -> bool:
+    """True for an absent field, blank text or an empty list."""
+    return clean_text(value) is None and not (isinstance(value, list) and value)
+
+
+def solution_letter(solution: str, options: dict[str, str]) -> str:
+    """The bare letter of `solution` (e.g. "D"), which must be one of the options' letters."""
+    if not re.fullmatch(r"[A-Za-z]", solution):
+        raise ValueError(f"malformed solution: expected one letter like 'C', got {solution!r}")
+    letter = solution.upper()
+    if letter not in options:
+        raise ValueError(f"answer is not among options: solution {letter!r}, options {list(options)}")
+    return letter
+
+
+def check_answer_text(answer: str | None, letter: str, options: dict[str, str]) -> None:
+    """When the item gives the answer text too, it must be the text of option `letter`."""
+    if answer is not None and answer.strip() != options[letter].strip():
+        raise ValueError(
+            f"answer does not match solution: answer {answer!r}, but option {letter} is {options[letter]!r}"
+        )
+
+
 def options_from_list(values: object) -> dict[str, str]:
     if not isinstance(values, list) or not 2 <= len(values) <= len(LETTERS):
         raise ValueError(f"malformed options: expected a list of 2 to {len(LETTERS)} texts, got {values!r}")
@@ -295,9 +419,17 @@ def image_list(value: object) -> list[str]:
     return paths
 
 
-def take_records(candidates: Iterable, count: int, build, counter: SkipCounter, exclude: set | None = None):
+def take_records(
+    candidates: Iterable,
+    count: int,
+    build,
+    counter: SkipCounter,
+    exclude: set | None = None,
+    excluded: list | None = None,
+):
     """The first `count` candidates that `build` turns into records (bad ones go to `counter`).
 
+    Records whose overlap_key is in `exclude` are passed over (and appended to `excluded`, if given).
     Returns (records, the `_index` of every candidate consumed, good or bad).
     """
     records: list[VQARecord] = []
@@ -314,6 +446,8 @@ def take_records(candidates: Iterable, count: int, build, counter: SkipCounter, 
             continue
         if exclude is None or overlap_key(record) not in exclude:
             records.append(record)
+        elif excluded is not None:
+            excluded.append(record)
     return records, used
 
 

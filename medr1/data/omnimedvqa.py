@@ -11,6 +11,10 @@ image_path, option_A, option_B, option_C, option_D (C and D may be missing or em
 one released file names the modality field `modality` instead, so both are accepted. Raw modality and
 question-type strings (typos included) map to canonical names through medr1.data.names.
 
+`access` (data.access in conf/data/omnimedvqa.yaml) picks the QA_information sub-folders read:
+[Open-access, Restricted-access] by default; [Open-access] on a download without the restricted images
+(whose images must be fetched from their source data sets). A name that is neither is an error.
+
 Departures from Med-R1: it shipped fixed split files (see medr1_splits.py); this reader re-creates a
 split of the same kind (seeded ~80/20 per group, medr1.data.split) from the raw files.
 """
@@ -71,7 +75,7 @@ class OmniMedVQA:
         self.seed = seed
         self.on_bad_record = on_bad_record
         self.verify_images = verify_images
-        self.access = (access,) if isinstance(access, str) else tuple(access)
+        self.access = access_folders(access)
 
     def load(self) -> Splits:
         """Read every item, then split train/test within each group of `split_by`."""
@@ -110,6 +114,19 @@ class OmniMedVQA:
         for folder in set(folders) - set(present):
             log.info("OmniMedVQA: %s does not exist, skipped", folder)
         return files
+
+
+def access_folders(access: str | Sequence[str]) -> tuple[str, ...]:
+    """`access` as a tuple of QA_information sub-folder names; ValueError names the valid ones."""
+    names = (access,) if isinstance(access, str) else tuple(str(name) for name in access)
+    unknown = [name for name in names if name not in ACCESS_FOLDERS]
+    if unknown or not names:
+        problem = f"unknown access folder(s) {unknown}" if unknown else "no access folder given"
+        raise ValueError(
+            f"data.access: {problem}; valid: {list(ACCESS_FOLDERS)} (the sub-folders of QA_information/), "
+            "e.g. data.access=[Open-access] for a download without the restricted images"
+        )
+    return names
 
 
 # --- one item -> one VQARecord ---------------------------------------------------------------------
@@ -206,7 +223,7 @@ def with_hint(problem: str, file: Path) -> str:
     if problem.startswith("missing image file") and file.parent.name == "Restricted-access":
         return (
             problem
-            + " (Restricted-access images must be fetched from their source data sets; or read access=[Open-access])"
+            + " (Restricted-access images must be fetched from their source data sets; or set data.access=[Open-access])"
         )
     return problem
 

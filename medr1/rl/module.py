@@ -14,6 +14,7 @@ import logging
 from contextlib import nullcontext
 
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 
 from medr1.data.batches import PromptBatch
 from medr1.metrics import score
@@ -170,11 +171,18 @@ class GRPOModule(VQAModule):
         return stats
 
     def _gradient_sync(self, sync: bool):
-        """All-reduce gradients on the update's last micro-batch only: the others accumulate locally
-        (DDP's no_sync via Lightning), so a step costs one all-reduce, not one per micro-batch."""
-        if sync or self._trainer is None:
+        """All-reduce gradients on the update's last micro-batch only: the others accumulate locally,
+        so a step costs one all-reduce, not one per micro-batch. DDP skips the sync with `no_sync`
+        (Lightning's `block_backward_sync`); DeepSpeed is told where its accumulation boundary is;
+        a single device, FSDP and anything else simply accumulate."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        engine = getattr(strategy, "model", None)
+        if hasattr(engine, "set_gradient_accumulation_boundary"):  # a DeepSpeed engine
+            engine.set_gradient_accumulation_boundary(sync)
             return nullcontext()
-        return self._trainer.strategy.block_backward_sync()
+        if sync or not isinstance(strategy, ParallelStrategy):
+            return nullcontext()
+        return strategy.block_backward_sync()
 
     # --- what researchers read ------------------------------------------------------------------
 
