@@ -1,12 +1,22 @@
 """Reading a model's completion: its <think> and <answer> blocks, its format, and the chosen letter.
 
-Rewards (medr1.rl.rewards) and evaluation share these functions, so training and grading read a
-completion the same way.
+Who reads a completion how (they do NOT all agree; see FIDELITY-AUDIT.md §1 and §6):
+- rewards (medr1.rl.rewards): the `default` and `lenient` presets read the answer block with
+  `parse_choice` (as the `robust` eval parser does, but never the whole completion); `strict` wants
+  exactly one option letter; `medr1`, `medr1_nothink` and `medvlm_r1` follow the papers' own reward
+  code, which accepts and rejects other answers than any eval parser (`c` earns MedVLM-R1's reward
+  but is wrong in its evaluation);
+- evaluation (medr1.metrics.score) reads the chosen letter with one of PARSERS, `eval.parser`:
+  `robust` (`extract_choice`, medr1's own and the most lenient), `medr1` (Med-R1's eval regex) or
+  `medvlm_r1` (MedVLM-R1's eval regex). The format checks below are shared by rewards and eval.
 
-Two readings of the format:
+Three readings of the format:
 - `follows_format` is Med-R1's (and MedVLM-R1's) check, a full match of
   `<think>.*?</think>\\s*<answer>.*?</answer>` with DOTALL. It accepts an empty answer, a nested
   think block and a second answer block, because `.*?` may swallow tags.
+- `follows_nothink_format` is Med-R1's no-think run's check, a full match of
+  `\\s*<answer>.*?</answer>` with DOTALL: the same loopholes, and text (a think block too) before
+  the first answer block or after the last fails it.
 - `follows_strict_format` is medr1's own: one think block, then one answer block, only whitespace
   around and between them, no tag inside either block, and neither block empty.
 
@@ -30,10 +40,14 @@ is not an option (`E` with options A-D), and free text that is not an option's t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # Med-R1's format regex; use with re.DOTALL and a full match (or use THINK_ANSWER_REGEX).
 THINK_ANSWER_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
 THINK_ANSWER_REGEX = re.compile(THINK_ANSWER_PATTERN, re.DOTALL)
+# Med-R1's no-think format regex (grpo_vqa_nothink.py); use with re.DOTALL and a full match.
+ANSWER_ONLY_PATTERN = r"\s*<answer>.*?</answer>"
+ANSWER_ONLY_REGEX = re.compile(ANSWER_ONLY_PATTERN, re.DOTALL)
 
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -69,6 +83,11 @@ def reasoning_text(completion: str) -> str:
 def follows_format(completion: str) -> bool:
     """Med-R1's format check: the whole completion matches THINK_ANSWER_PATTERN."""
     return THINK_ANSWER_REGEX.fullmatch(completion) is not None
+
+
+def follows_nothink_format(completion: str) -> bool:
+    """Med-R1's no-think format check: the whole completion matches ANSWER_ONLY_PATTERN."""
+    return ANSWER_ONLY_REGEX.fullmatch(completion) is not None
 
 
 def follows_strict_format(completion: str) -> bool:
@@ -154,7 +173,7 @@ def parse_choice(text: str | None, options: dict[str, str]) -> str | None:
 
 
 def extract_choice(completion: str, options: dict[str, str]) -> str | None:
-    """The letter a completion chooses, for evaluation.
+    """The letter a completion chooses: the `robust` evaluation parser (medr1's own).
 
     Reads the first answer block when there is one (and nothing else, even if it is unparseable);
     otherwise the whole completion, so a model that answers `B` without tags is still graded.
@@ -162,3 +181,54 @@ def extract_choice(completion: str, options: dict[str, str]) -> str | None:
     """
     answer = answer_text(completion)
     return parse_choice(answer if answer is not None else completion, options)
+
+
+# --- evaluation parsers ---------------------------------------------------------------------
+# Each is fn(completion, options) -> the chosen answer or None; correct iff it equals the answer
+# letter. Selected by `eval.parser`.
+
+Parser = Callable[[str, dict[str, str]], str | None]
+
+# Med-R1, src/eval_vqa/test_qwen2vl_vqa.py (extract_option_answer): re.search, no flags.
+MEDR1_EVAL_REGEX = re.compile(r"<answer>\s*(\w+)\s*</answer>")
+# MedVLM-R1, src/eval/test_qwen2vl_med.py (extract_letter_answer, the "complex" prompt): re.search.
+MEDVLM_R1_EVAL_REGEX = re.compile(r"<answer>\s*([A-Z])\s*</answer>")
+
+
+def medr1_eval_parse(completion: str, options: dict[str, str]) -> str | None:
+    """Med-R1's evaluation: the first `<answer> word </answer>` anywhere (re.search), else None.
+
+    Returns the captured word as written (`C`, but also `c` or `CT`, which then never equal the
+    answer letter). An unparseable first block is skipped for a later one that matches. Options are
+    not read. Departure: Med-R1's no-think and zero-shot eval scripts compare the raw output with
+    the letter instead; this parser is its think-run script's, used here for every prompt.
+    """
+    match = MEDR1_EVAL_REGEX.search(completion)
+    return match.group(1) if match else None
+
+
+def medvlm_r1_eval_parse(completion: str, options: dict[str, str]) -> str | None:
+    """MedVLM-R1's evaluation: the first `<answer> X </answer>` with one upper-case letter, else None.
+
+    Options are not read, so a letter that is not an option (`Z`) is returned (and is wrong).
+    Departure: MedVLM-R1's "simple" prompt compares the raw output instead; this is its "complex"
+    (think) prompt's parser, used here for every prompt.
+    """
+    match = MEDVLM_R1_EVAL_REGEX.search(completion)
+    return match.group(1) if match else None
+
+
+PARSERS: dict[str, Parser] = {
+    "robust": extract_choice,
+    "medr1": medr1_eval_parse,
+    "medvlm_r1": medvlm_r1_eval_parse,
+}
+
+
+def get_parser(name: str) -> Parser:
+    """The evaluation parser called `name` (a key of PARSERS)."""
+    if name not in PARSERS:
+        raise ValueError(
+            f"unknown evaluation parser {name!r}; set eval.parser (or --parser) to one of {sorted(PARSERS)}"
+        )
+    return PARSERS[name]

@@ -2,7 +2,9 @@
 
 A sweep repeats the base-model row once per swept value (`mode=eval,train` x `modality=...`); with
 `eval.reuse=true` an evaluation whose inputs are identical (model files, data, prompt, generation
-settings) is computed once and copied into the other run directories.
+settings, eval.parser) is computed once and copied into the other run directories.
+`eval.parser` (robust | medr1 | medvlm_r1) chooses how the answer letter is read; the summary also
+holds the accuracy under every parser (accuracy_by_parser).
 """
 
 from __future__ import annotations
@@ -14,18 +16,32 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from medr1.answers import get_parser
 from medr1.evaluation import Generator, evaluate_batches, greedy, write_eval_outputs
 from medr1.metrics import format_summary
 from medr1.models.loading import resolve_model_path
+from medr1.precision import autocast_for
 from medr1.setup import build_datamodule, load_policy, run_dir_of
 
 log = logging.getLogger(__name__)
 
 
+def _container(value):
+    """A config value as plain data (resolved), for hashing; None stays None."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def _parser_of(cfg: DictConfig) -> str:
+    """eval.parser, checked; "robust" for configs saved before the key existed."""
+    parser = str(cfg.eval.get("parser") or "robust")
+    get_parser(parser)
+    return parser
+
+
 def evaluation_key(cfg: DictConfig, model_path: str) -> str:
-    """Hash of everything an evaluation's result depends on."""
+    """Hash of everything an evaluation's result depends on (the parser too: it is in the files)."""
     files = {}
     folder = Path(model_path)
     if folder.is_dir():  # a local folder can change in place: key on its files' sizes and times
@@ -35,13 +51,17 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
         "pixels": [cfg.model.min_pixels, cfg.model.max_pixels], "dtype": cfg.model.dtype,
         "data": OmegaConf.to_container(cfg.data.source, resolve=True),
         "max_test_per_modality": cfg.data.get("max_test_per_modality"),
-        "prompt": cfg.prompt.template, "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed,
+        "prompt": _container(cfg.prompt), "eval_prompt": _container(cfg.eval.get("prompt")),
+        "resize": _container(cfg.data.get("resize")), "parser": _parser_of(cfg),
+        "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate cfg.model on the whole test split; writes <run dir>/eval/ and returns the summary."""
+    """Evaluate cfg.model on the whole test split, answers read by eval.parser; writes <run dir>/eval/
+    and returns the summary."""
+    parser = _parser_of(cfg)  # an unknown parser fails before the model loads
     L.seed_everything(int(cfg.seed))
     run_dir = run_dir_of(cfg)
     stored = None
@@ -55,14 +75,15 @@ def evaluate(cfg: DictConfig) -> dict:
             return summary
 
     policy = load_policy(cfg, train=False)
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda"):
-        policy.model.to("cuda")
+    device = "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
+    policy.model.to(device)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("test")
-    predictions, summary = evaluate_batches(
-        policy.model, datamodule.test_dataloader(), Generator.for_model(policy.model, policy.processor),
-        greedy(int(cfg.eval.max_new_tokens)),
-    )
+    with autocast_for(str(cfg.trainer.precision), device):  # as the Trainer computes: fp32 weights, bf16 compute
+        predictions, summary = evaluate_batches(
+            policy.model, datamodule.test_dataloader(), Generator.for_model(policy.model, policy.processor),
+            greedy(int(cfg.eval.max_new_tokens)), parser=parser,
+        )
     eval_dir = write_eval_outputs(run_dir, predictions, summary, f"{cfg.model.name} ({policy.path})")
     if stored is not None:
         stored.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,11 @@
 """Batched answer generation and evaluation, shared by `mode=eval`, validation and the final test.
 
-Writes the run directory's `eval/predictions.jsonl` (one line per question) and `eval/summary.json`
-(exactly: accuracy, n, by_modality, by_question_type, format_rate, reasoning_length).
+Writes the run directory's `eval/predictions.jsonl` (one line per question: id, modality,
+question_type, completion, parsed, answer, correct, follows_format, reasoning_tokens, options) and
+`eval/summary.json` (exactly: accuracy, n, by_modality, by_question_type, format_rate,
+reasoning_length, parser, accuracy_by_parser). `parser` names the evaluation parser (`eval.parser`)
+behind `parsed`, `correct` and the accuracies; `accuracy_by_parser` is the overall accuracy of the
+same completions under each of medr1.answers.PARSERS (robust, medr1, medvlm_r1).
 """
 
 from __future__ import annotations
@@ -54,16 +58,17 @@ def greedy(max_new_tokens: int) -> SamplingConfig:
 
 @torch.no_grad()
 def evaluate_batches(model, batches, generator: Generator, sampling: SamplingConfig, *, progress: bool = True,
-                     description: str = "evaluating") -> tuple[list[Prediction], dict]:
-    """Answer every question in `batches`; returns the predictions and the summary dict."""
+                     description: str = "evaluating", parser: str = "robust") -> tuple[list[Prediction], dict]:
+    """Answer every question in `batches`, read with the evaluation parser `parser`; returns the
+    predictions and the summary dict."""
+    accumulator, predictions = EvalAccumulator(parser), []  # an unknown parser fails before generating
     was_training = model.training
     model.eval()
-    accumulator, predictions = EvalAccumulator(), []
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc=description, disable=not progress, unit="batch"):
         batch = batch.to(device)
         _, _, texts = generator.complete(model, batch, sampling)
-        scored = score(batch.records, texts, generator.processor.tokenizer)
+        scored = score(batch.records, texts, generator.processor.tokenizer, parser)
         accumulator.update(scored)
         predictions.extend(scored)
     model.train(was_training)

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from medr1.answers import get_parser
 from medr1.evaluation import Generator, evaluate_batches, greedy
 from medr1.metrics import EvalAccumulator, score
 
@@ -26,6 +27,7 @@ class VQAModule(L.LightningModule):
         optimizer: Callable,  # partial(torch.optim.X, lr=...): called with the trainable parameters
         scheduler: dict,  # {name: constant|linear|cosine, warmup_ratio, warmup_steps}
         eval_max_new_tokens: int,
+        eval_parser: str = "robust",  # medr1.answers.PARSERS key: how validation and evaluate read answers
     ):
         super().__init__()
         self.model = model
@@ -33,6 +35,8 @@ class VQAModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler)
         self.eval_max_new_tokens = eval_max_new_tokens
+        get_parser(eval_parser)  # an unknown name fails now, not at the first validation
+        self.eval_parser = eval_parser
         self.generator = Generator.for_model(model, processor)
         self._val_predictions = []
 
@@ -58,13 +62,13 @@ class VQAModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         _, _, texts = self.generator.complete(self.model, batch, greedy(self.eval_max_new_tokens))
-        self._val_predictions.extend(score(batch.records, texts, self.processor.tokenizer))
+        self._val_predictions.extend(score(batch.records, texts, self.processor.tokenizer, self.eval_parser))
 
     def on_validation_epoch_end(self):
         predictions, self._val_predictions = gather_predictions(self._val_predictions), []
         if not predictions:
             return
-        accumulator = EvalAccumulator()
+        accumulator = EvalAccumulator(self.eval_parser)
         accumulator.update(predictions)
         summary = accumulator.summary()
         metrics = {"val/accuracy": summary["accuracy"], "val/format_rate": summary["format_rate"],
@@ -77,7 +81,7 @@ class VQAModule(L.LightningModule):
 
     def evaluate(self, batches, *, progress: bool = True, description: str = "evaluating"):
         return evaluate_batches(self.model, batches, self.generator, greedy(self.eval_max_new_tokens),
-                                progress=progress, description=description)
+                                progress=progress, description=description, parser=self.eval_parser)
 
     # --- exact resume: random states travel with the checkpoint ---------------------------------
 

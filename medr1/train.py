@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from medr1.evaluation import write_eval_outputs
+from medr1.precision import autocast_for, check_trainable_precision
 from medr1.rl.module import GRPOModule
 from medr1.rl.rewards import build_reward
 from medr1.setup import build_datamodule, build_loggers, build_trainer, load_policy, run_dir_of
@@ -26,7 +27,7 @@ def build_module(cfg: DictConfig, policy, datamodule):
     common = dict(
         model=policy.model, processor=policy.processor,
         optimizer=instantiate(cfg.algo.optimizer), scheduler=cfg.algo.scheduler,
-        eval_max_new_tokens=int(cfg.eval.max_new_tokens),
+        eval_max_new_tokens=int(cfg.eval.max_new_tokens), eval_parser=str(cfg.eval.parser),
     )
     if cfg.algo.name == "grpo":
         reference = GRPOModule.reference_for(policy.model, cfg.algo, cfg.tuning.name)
@@ -68,12 +69,15 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+    check_trainable_precision(policy.model, str(cfg.trainer.precision), trainer.strategy,
+                              bool(cfg.model.get("allow_low_precision_weights")))
+    datamodule.batch_size = per_rank_batch_size(cfg.data, trainer.world_size)
 
     # Under DDP/FSDP every rank runs this function; evaluation and files are rank zero's job
     is_main = rank_zero_only.rank == 0
     start_summary = None
     if cfg.eval.before_training and is_main:
-        predictions, start_summary = module.evaluate(datamodule.test_dataloader(), description="evaluating before training")
+        predictions, start_summary = evaluate_on_device(module, trainer, datamodule, "evaluating before training")
         write_eval_outputs(run_dir / "eval_before", predictions, start_summary, "before training")
 
     started = time.perf_counter()
@@ -84,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
     final = save_final(module, run_dir)
     log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)
 
-    predictions, summary = module.evaluate(datamodule.test_dataloader(), description="evaluating on the test split")
+    predictions, summary = evaluate_on_device(module, trainer, datamodule, "evaluating on the test split")
     write_eval_outputs(run_dir, predictions, summary, f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}")
     if start_summary is not None:
         print(f"test accuracy: {100 * start_summary['accuracy']:.1f}% before training -> "
@@ -97,6 +101,27 @@ def train(cfg: DictConfig) -> dict:
         logger.finalize("success")
     finish_wandb(loggers)
     return summary
+
+
+def per_rank_batch_size(data_cfg: DictConfig, world_size: int) -> int:
+    """Prompts per rank and step: `data.global_batch_size` split over the ranks when it is set (so a
+    paper's protocol does not change with trainer.devices), else `data.batch_size` (per rank)."""
+    total = data_cfg.get("global_batch_size")
+    if total is None:
+        return int(data_cfg.batch_size)
+    if int(total) < 1 or int(total) % world_size:
+        raise ValueError(f"data.global_batch_size={total} must be a positive multiple of the number of "
+                         f"processes ({world_size}); change it or trainer.devices / trainer.num_nodes")
+    return int(total) // world_size
+
+
+def evaluate_on_device(module, trainer: L.Trainer, datamodule, description: str):
+    """Greedy test-split evaluation on the Trainer's device under its autocast (outside fit, which
+    leaves the model on the CPU), so a GPU run evaluates on the GPU with the precision it trained in."""
+    device = trainer.strategy.root_device
+    module.to(device)
+    with autocast_for(str(trainer.precision), device):
+        return module.evaluate(datamodule.test_dataloader(), description=description)
 
 
 def finish_wandb(loggers: list) -> None:

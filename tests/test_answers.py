@@ -1,14 +1,16 @@
-"""Reading completions: blocks, the two format checks, and which option an answer names."""
+"""Reading completions: blocks, the format checks, and which option an answer names."""
 
 import re
 
 import pytest
 
 from medr1.answers import (
+    ANSWER_ONLY_PATTERN,
     THINK_ANSWER_PATTERN,
     answer_text,
     extract_choice,
     follows_format,
+    follows_nothink_format,
     follows_strict_format,
     parse_choice,
     reasoning_text,
@@ -68,6 +70,20 @@ def test_format_checks(completion, medr1, strict):
 
 def test_pattern_constant_is_med_r1s():
     assert THINK_ANSWER_PATTERN == r"<think>.*?</think>\s*<answer>.*?</answer>"
+    assert ANSWER_ONLY_PATTERN == r"\s*<answer>.*?</answer>"  # grpo_vqa_nothink.py
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("<answer>B</answer>", True),
+    ("\n <answer>B</answer>", True),  # leading whitespace only
+    ("<answer>B</answer>\n", False),
+    ("<answer></answer>", True),  # empty answer: the regex allows it
+    ("<answer>B</answer><answer>C</answer>", True),  # lazy .*? swallows the second block
+    ("<think>x</think><answer>B</answer>", False),
+    ("B", False),
+])
+def test_nothink_format(completion, expected):
+    assert follows_nothink_format(completion) is expected
     assert re.fullmatch(THINK_ANSWER_PATTERN, "<think>a\nb</think><answer>B</answer>", re.DOTALL)
 
 

@@ -50,7 +50,7 @@ def test_ddp_micro_batches_all_reduce_once_and_give_the_whole_batch_update(tmp_p
              "trainer.precision=32-true", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=1",
              "data.batch_size=4", "data.source.size=5", "algo.num_generations=4",
              f"algo.micro_batch_size={micro}", "algo.beta=0", "algo.max_grad_norm=0",
-             "algo.optimizer._target_=torch.optim.SGD", "~algo.optimizer.betas", "algo.optimizer.lr=1.0",
+             "algo.optimizer._target_=torch.optim.SGD", "~algo.optimizer.betas", "~algo.optimizer.eps", "algo.optimizer.lr=1.0",
              "eval.before_training=false", "trainer.enable_progress_bar=false",
              "+callbacks.probe._target_=tests.ddp_probe.CountGradientAllReduces", f"+callbacks.probe.out={probe}"],
             cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600,
@@ -95,10 +95,10 @@ def test_ddp_resume_restores_every_rank_s_random_state(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["gpu", "ddp", "fsdp", "deepspeed"])
-def test_gpu_trainer_configs_compose_with_bf16(name):
+def test_gpu_trainer_configs_compose_with_bf16_mixed(name):
     cfg = compose_config([f"trainer={name}"])
     assert cfg.trainer.accelerator == "gpu"
-    assert cfg.trainer.precision == "bf16-true"
+    assert cfg.trainer.precision == "bf16-mixed"
 
 
 def test_fsdp_strategy_wraps_qwen2_vl_layers():

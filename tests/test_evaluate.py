@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from medr1.answers import extract_choice
 from medr1.data.records import VQARecord
 from medr1.metrics import EvalAccumulator, score
 from tests.conftest import REPO
 
-SUMMARY_KEYS = {"accuracy", "n", "by_modality", "by_question_type", "format_rate", "reasoning_length"}
+SUMMARY_KEYS = {"accuracy", "n", "by_modality", "by_question_type", "format_rate", "reasoning_length", "parser",
+                "accuracy_by_parser"}
+
+
+def accuracy_by_parser_by_hand(lines: list[dict]) -> dict[str, float]:
+    """Each parser's accuracy over predictions.jsonl rows, with the papers' regexes applied directly."""
+
+    def regex(pattern: str, completion: str) -> str | None:
+        match = re.search(pattern, completion)
+        return match.group(1) if match else None
+
+    read = {
+        "robust": lambda row: extract_choice(row["completion"], row["options"]),
+        "medr1": lambda row: regex(r"<answer>\s*(\w+)\s*</answer>", row["completion"]),
+        "medvlm_r1": lambda row: regex(r"<answer>\s*([A-Z])\s*</answer>", row["completion"]),
+    }
+    return {name: sum(parse(row) == row["answer"] for row in lines) / len(lines) for name, parse in read.items()}
 
 
 def test_run_py_eval_writes_predictions_and_summary(tmp_path, tiny_path):
@@ -36,6 +54,10 @@ def test_run_py_eval_writes_predictions_and_summary(tmp_path, tiny_path):
         rows = [p for p in lines if p["modality"] == modality]
         assert accuracy == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
     assert summary["format_rate"] == pytest.approx(sum(p["follows_format"] for p in lines) / len(lines))
+    assert summary["parser"] == "robust"  # the default eval.parser
+    assert set(lines[0]["options"]) >= {"A", "B"}  # options are stored so any parser can re-read a row
+    assert summary["accuracy_by_parser"] == pytest.approx(accuracy_by_parser_by_hand(lines))
+    assert summary["accuracy_by_parser"]["robust"] == pytest.approx(summary["accuracy"])
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert "accuracy" in result.stdout and "modality" in result.stdout  # the readable table
 
@@ -55,6 +77,38 @@ def test_eval_reuses_an_identical_evaluation(tmp_path, tiny_path):
         (tmp_path / "first" / "eval" / "predictions.jsonl").read_text()
     evaluate(compose_config(overrides + ["prompt=nothink"], tmp_path / "third"))
     assert len(list((tmp_path / "cache" / "evaluations").iterdir())) == 2  # a different prompt is not reused
+    medr1 = evaluate(compose_config(overrides + ["eval.parser=medr1"], tmp_path / "fourth"))
+    assert len(list((tmp_path / "cache" / "evaluations").iterdir())) == 3  # nor a different parser
+    assert medr1["parser"] == "medr1" and first["parser"] == "robust"
+    assert medr1["accuracy_by_parser"] == first["accuracy_by_parser"]  # greedy: the same completions
+    assert medr1["accuracy"] == pytest.approx(medr1["accuracy_by_parser"]["medr1"])
+    lines = [json.loads(line) for line in (tmp_path / "fourth" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert medr1["accuracy_by_parser"] == pytest.approx(accuracy_by_parser_by_hand(lines))
+
+
+def test_evaluation_key_covers_parser_prompt_and_resize(tmp_path):
+    from omegaconf import open_dict
+
+    from medr1.evaluate import evaluation_key
+    from tests.conftest import compose_config
+
+    base = compose_config(["mode=eval"])
+    key = evaluation_key(base, "some/model")
+    assert evaluation_key(compose_config(["mode=eval"]), "some/model") == key
+    changed = {
+        "eval.parser": compose_config(["mode=eval", "eval.parser=medvlm_r1"]),
+        "prompt": compose_config(["mode=eval", "prompt=nothink"]),
+        "prompt, any key": compose_config(["mode=eval", "++prompt.extra=1"]),
+        "eval.prompt": compose_config(["mode=eval", "++eval.prompt=test_only_prompt"]),
+        "data.resize": compose_config(["mode=eval", "++data.resize=[123,45]"]),
+    }
+    for what, cfg in changed.items():
+        assert evaluation_key(cfg, "some/model") != key, what
+    with open_dict(base):
+        del base.eval["parser"]  # configs saved before eval.parser existed read as robust
+    assert evaluation_key(base, "some/model") == key
+    with pytest.raises(ValueError, match="unknown evaluation parser 'nope'"):
+        evaluation_key(compose_config(["mode=eval", "eval.parser=nope"]), "some/model")
 
 
 class WordCounter:

@@ -87,14 +87,6 @@ def test_deepspeed_config_clips_gradients_at_algo_max_grad_norm():
     assert compose_config(["trainer=deepspeed", "algo=sft"]).trainer.strategy.config.gradient_clipping == 1.0
 
 
-def test_fsdp_strategy_builds_from_its_config():
-    from hydra.utils import instantiate
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    strategy = instantiate(compose_config(["trainer=fsdp"]).trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy)
-
-
 @pytest.mark.parametrize("trainer", GPU_TRAINERS)
 def test_one_step_at_lr_1e6_moves_every_weight_that_has_a_gradient(tmp_path, trainer):
     model_dtype = compose_config(["model=qwen2_vl_2b"]).model.dtype  # what a GPU training run loads
@@ -131,3 +123,12 @@ def test_evaluation_autocast_follows_the_trainer_precision():
         assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
     with autocast_for("32-true", "cpu"):
         assert layer(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_evaluation_only_run_under_a_gpu_trainer_config_evaluates_under_its_autocast(tmp_path):
+    from medr1.evaluate import evaluate
+
+    cfg = compose_config(FAST + ["mode=eval", "eval.reuse=false", "trainer=gpu", "trainer.accelerator=cpu",
+                                 "trainer.devices=1", "model.dtype=bfloat16"], tmp_path)
+    summary = evaluate(cfg)
+    assert summary["n"] > 0

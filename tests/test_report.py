@@ -470,3 +470,146 @@ def test_wandb_offline_run_is_written(tmp_path: Path, monkeypatch: pytest.Monkey
     assert list((media / "images").glob("heatmap_modality*.png"))
     # a second report on the same sweep ignores the wandb folder it left there
     assert len(build_report(sweep, use_wandb=False).runs) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# --parser: accuracies re-read from eval/predictions.jsonl
+# --------------------------------------------------------------------------------------------------
+
+PARSER_OPTIONS = {"A": "Mammogram", "B": "PET", "C": "CT", "D": "Fluoroscopy"}
+# (modality, question type, answer, completion): the parsers disagree on most of these
+PREDICTIONS = {
+    "base": [
+        ("ct", "modality_recognition", "C", "<think>r</think><answer>C</answer>"),
+        ("ct", "modality_recognition", "C", "<think>r</think><answer>(C)</answer>"),
+        ("ct", "disease_diagnosis", "B", "B"),
+        ("mri", "disease_diagnosis", "A", "<answer>a</answer><answer>A</answer>"),
+        ("mri", "disease_diagnosis", "D", "<answer>Fluoroscopy</answer>"),
+    ],
+    "ct": [
+        ("ct", "modality_recognition", "C", "<think>r</think><answer> C </answer>"),
+        ("ct", "modality_recognition", "C", "<think>r</think><answer>c</answer>"),
+        ("ct", "disease_diagnosis", "B", "<answer></answer><answer>B</answer>"),
+        ("mri", "disease_diagnosis", "A", "<answer>\nA\n</answer>"),
+        ("mri", "disease_diagnosis", "D", "<answer>CT</answer>"),
+    ],
+}
+
+
+def read_by_hand(parser: str, row: dict) -> str | None:
+    """The parsers written out from the papers' eval scripts (robust: medr1's extract_choice)."""
+    import re
+
+    from medr1.answers import extract_choice
+
+    if parser == "robust":
+        return extract_choice(row["completion"], row["options"])
+    pattern = r"<answer>\s*(\w+)\s*</answer>" if parser == "medr1" else r"<answer>\s*([A-Z])\s*</answer>"
+    match = re.search(pattern, row["completion"])
+    return match.group(1) if match else None
+
+
+def accuracies_by_hand(rows: list[dict], parser: str) -> tuple[float, dict[str, float]]:
+    """(overall accuracy, by modality) of prediction rows read with `parser`."""
+    correct = [(row["modality"], read_by_hand(parser, row) == row["answer"]) for row in rows]
+    modalities = sorted({modality for modality, _ in correct})
+    by_modality = {m: mean(ok for modality, ok in correct if modality == m) for m in modalities}
+    return mean(ok for _, ok in correct), by_modality
+
+
+def read_predictions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+
+
+def write_evaluated_run(sweep: Path, relative: str, key: str, *, parser: str = "robust", options: bool = True,
+                        **run) -> Path:
+    """A run whose summary.json is what `parser` makes of its predictions.jsonl, as medr1 writes them."""
+    rows = [
+        {"id": str(i), "modality": m, "question_type": q, "completion": c, "answer": a, "parsed": None,
+         "correct": None, "follows_format": False, "reasoning_tokens": 0}
+        | ({"options": PARSER_OPTIONS} if options else {})
+        for i, (m, q, a, c) in enumerate(PREDICTIONS[key])
+    ]
+    full = [row | {"options": PARSER_OPTIONS} for row in rows]
+    accuracy, by_modality = accuracies_by_hand(full, parser)
+    by_parser = {name: accuracies_by_hand(full, name)[0] for name in ("robust", "medr1", "medvlm_r1")}
+    summary = make_summary(by_modality, accuracy=accuracy, n=len(rows), parser=parser, accuracy_by_parser=by_parser)
+    run_dir = write_run(sweep, relative, summary=summary, **run)
+    (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run_dir
+
+
+@pytest.fixture
+def evaluated(tmp_path: Path) -> Path:
+    """A base run evaluated with the medr1 parser and a ct run with robust, both with predictions."""
+    write_evaluated_run(tmp_path, "0", "base", parser="medr1", mode="eval", overrides=["mode=eval"])
+    write_evaluated_run(tmp_path, "1", "ct", modality="ct", overrides=["modality=ct"])
+    return tmp_path
+
+
+def test_the_cases_tell_the_parsers_apart():
+    rows = [{"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
+            for key in PREDICTIONS for m, _, a, c in PREDICTIONS[key]]
+    overall = {parser: accuracies_by_hand(rows, parser)[0] for parser in ("robust", "medr1", "medvlm_r1")}
+    assert len(set(overall.values())) == 3, overall
+
+
+@pytest.mark.parametrize("parser", ["robust", "medr1", "medvlm_r1"])
+def test_parser_option_recomputes_every_run(evaluated: Path, parser: str):
+    result = build_report(evaluated, use_wandb=False, parser=parser)
+    table = result.modality_matrix
+    rows = rows_by_label(table)
+    for label, run_dir in (("base", "0"), ("ct", "1")):
+        accuracy, by_modality = accuracies_by_hand(read_predictions(evaluated / run_dir), parser)
+        for modality, value in by_modality.items():
+            assert rows[label][table.columns.index(modality)] == pytest.approx(value)
+        assert rows[label][table.columns.index("overall")] == pytest.approx(accuracy)
+    comparison = rows_by_label(result.comparison)
+    assert comparison["grpo on ct"][1] == pytest.approx(rows["ct"][table.columns.index("overall")])
+    assert all(run.parser == parser for run in result.runs) and result.parser == parser
+    assert any(f"read with the {parser} evaluation parser" in note for note in result.comparison.notes)
+
+
+def test_default_reads_each_run_as_recorded_and_warns_when_parsers_differ(evaluated: Path):
+    result = build_report(evaluated, use_wandb=False)
+    assert [run.parser for run in result.runs] == ["medr1", "robust"]
+    overall = rows_by_label(result.modality_matrix)
+    column = result.modality_matrix.columns.index("overall")
+    for label, key, parser in (("base", "base", "medr1"), ("ct", "ct", "robust")):
+        rows = [{"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
+                for m, _, a, c in PREDICTIONS[key]]
+        assert overall[label][column] == pytest.approx(accuracies_by_hand(rows, parser)[0])
+    assert any("different parsers (medr1, robust)" in note for note in result.comparison.notes)
+
+
+def test_old_predictions_without_options_only_rescore_with_the_paper_parsers(tmp_path: Path):
+    write_evaluated_run(tmp_path, "0", "ct", parser="medvlm_r1", options=False, modality="ct")
+    rows = [{"completion": c, "answer": a, "modality": m} for m, _, a, c in PREDICTIONS["ct"]]
+    table = build_report(tmp_path, use_wandb=False, parser="medr1").modality_matrix
+    assert table.rows[0][table.columns.index("overall")] == pytest.approx(accuracies_by_hand(rows, "medr1")[0])
+    row = build_report(tmp_path, use_wandb=False, parser="robust").modality_matrix.rows[0]
+    assert row[1] is None and "options" in row[-1] and "--parser medr1 or medvlm_r1" in row[-1]
+
+
+def test_parser_without_predictions_is_shown_as_missing(cross_modality: Path):
+    row = rows_by_label(build_report(cross_modality, use_wandb=False, parser="medr1").modality_matrix)["ct"]
+    assert row[1] is None and "no eval/predictions.jsonl" in row[-1]
+    # the recorded parser (robust, summaries older than the key) needs no predictions
+    row = rows_by_label(build_report(cross_modality, use_wandb=False, parser="robust").modality_matrix)["ct"]
+    assert row[1] == TRAINED["ct"]["ct"]
+
+
+def test_unknown_parser_is_named(evaluated: Path):
+    with pytest.raises(ReportError, match=r"unknown parser 'medr2'.*medvlm_r1"):
+        build_report(evaluated, use_wandb=False, parser="medr2")
+    completed = run_cli(str(evaluated), "--parser", "medr2")
+    assert completed.returncode == 2 and "invalid choice: 'medr2'" in completed.stderr
+
+
+def test_cli_parser_option_prints_recomputed_numbers(evaluated: Path):
+    completed = run_cli(str(evaluated), "--parser", "medvlm_r1", "--no-wandb")
+    assert completed.returncode == 0, completed.stderr
+    accuracy, by_modality = accuracies_by_hand(read_predictions(evaluated / "1"), "medvlm_r1")
+    cells = " | ".join(f"{100 * by_modality[m]:.1f}" for m in ("ct", "mri"))
+    assert f"| ct | {cells} |" in completed.stdout
+    assert "read with the medvlm_r1 evaluation parser" in completed.stdout

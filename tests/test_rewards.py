@@ -1,6 +1,8 @@
 """Reward functions on tricky completions, and the reward presets built from conf/reward/*.yaml."""
 
 import math
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from medr1.rl.rewards import (
     lenient_format_reward,
     medr1_accuracy_reward,
     medr1_format_reward,
+    medr1_nothink_format_reward,
     medvlm_r1_accuracy_reward,
     reasoning_length_reward,
     robust_accuracy_reward,
@@ -148,11 +151,63 @@ def test_reasoning_length_reward_rejects_bad_settings():
 
 # --- presets --------------------------------------------------------------------------------
 
+# --- Med-R1's no-think format reward (grpo_vqa_nothink.py: fullmatch of \s*<answer>.*?</answer>, DOTALL) ---
+
+NOTHINK_FORMAT_CASES = {
+    "padded letter": ("<answer> C </answer>", 1.0),
+    "leading whitespace": ("  \n<answer>C</answer>", 1.0),
+    "think block first": ("<think>x</think><answer>C</answer>", 0.0),
+    "trailing text": ("<answer>C</answer> trailing", 0.0),
+    "trailing newline": ("<answer>C</answer>\n", 0.0),  # only leading whitespace is allowed
+    "two blocks (lazy .*? swallows)": ("<answer>C</answer><answer>D</answer>", 1.0),
+    "no tags": ("C", 0.0),
+    "empty completion": ("", 0.0),
+    "line breaks inside": ("<answer>\nC\n</answer>", 1.0),
+    "empty answer": ("<answer></answer>", 1.0),
+    "upper-case tags": ("<ANSWER>C</ANSWER>", 0.0),
+    "think inside the answer": ("<answer><think>x</think>C</answer>", 1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(NOTHINK_FORMAT_CASES))
+def test_medr1_nothink_format_reward_values(case):
+    completion, expected = NOTHINK_FORMAT_CASES[case]
+    assert medr1_nothink_format_reward([completion], solution=["C"]) == [expected]
+
+
+def _upstream_nothink_format(content: str) -> float:
+    """Med-R1's nothink format_reward for one completion, written from its source."""
+    return 1.0 if re.fullmatch(r"\s*<answer>.*?</answer>", content, re.DOTALL) else 0.0
+
+
+def test_medr1_nothink_format_reward_matches_upstream_on_random_strings():
+    fragments = ["<answer>", "</answer>", "<think>", "</think>", "<ANSWER>", "<answer", "answer>", "</",
+                 " ", "  ", "\n", "\t", "C", "c", "D", "(C)", "x", "<", ">", "/"]
+    heads = ["", " ", "\n  ", "x", "<think>r</think>", "<answer>", "<answer>", " <answer>", "\n<answer>"]
+    tails = ["", "</answer>", "</answer>", "</answer> ", "</answer>\n", "</answer><answer>D</answer>", "x"]
+    rng = random.Random(0)
+    completions = [
+        rng.choice(heads) + "".join(rng.choice(fragments) for _ in range(rng.randint(0, 6))) + rng.choice(tails)
+        for _ in range(4000)
+    ]
+    expected = [_upstream_nothink_format(completion) for completion in completions]
+    assert medr1_nothink_format_reward(completions) == expected
+    assert 500 < sum(expected) < 3500  # the strings exercise both outcomes
+
+
+def test_medr1_nothink_preset_rewards_an_answer_only_completion():
+    model = build_reward(OmegaConf.load(REWARD_CONF / "medr1_nothink.yaml"))
+    batch = ["<answer> B </answer>", T + "<answer>B</answer>", "<answer>C</answer>", "B"]
+    # format: 1, 0, 1, 0; Med-R1 accuracy: 1, 1, 0, 0 (no answer block scores 0 here, see rewards.py)
+    assert model(batch, **_fields(len(batch))).total == [2.0, 1.0, 1.0, 0.0]
+
+
 PRESET_PARTS = {
     "default": ("strict_format_reward", "robust_accuracy_reward"),
     "strict": ("strict_format_reward", "strict_accuracy_reward"),
     "lenient": ("lenient_format_reward", "robust_accuracy_reward"),
     "medr1": ("medr1_format_reward", "medr1_accuracy_reward"),
+    "medr1_nothink": ("medr1_nothink_format_reward", "medr1_accuracy_reward"),
     "medvlm_r1": ("medr1_format_reward", "medvlm_r1_accuracy_reward"),
 }
 BATCH = [

@@ -13,7 +13,8 @@ from transformers import AutoModelForImageTextToText
 from medr1.train import train
 from tests.conftest import FAST, compose_config
 
-SUMMARY_KEYS = {"accuracy", "n", "by_modality", "by_question_type", "format_rate", "reasoning_length"}
+SUMMARY_KEYS = {"accuracy", "n", "by_modality", "by_question_type", "format_rate", "reasoning_length", "parser",
+                "accuracy_by_parser"}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -5,6 +5,8 @@
 matrix_modality.{md,csv} + heatmap_modality.png (train modality x test modality),
 matrix_question_type.* when the sweep trains on single question types, and comparison.{md,csv}
 (one row per run, accuracy delta over the base model). Optionally logs them to W&B.
+`--parser robust|medr1|medvlm_r1` re-reads every run's answers with one evaluation parser (from
+`eval/predictions.jsonl`); by default each run's accuracies are those its evaluation recorded.
 
 Departure from the paper: Med-R1 reports the matrix only; the in-domain / out-of-domain columns
 and the per-run comparison are added here so sweeps over algo, prompt or reward read at a glance.

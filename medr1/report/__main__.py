@@ -1,4 +1,4 @@
-"""CLI: `python -m medr1.report <sweep dir> [--out DIR] [--wandb | --no-wandb]`."""
+"""CLI: `python -m medr1.report <sweep dir> [--out DIR] [--parser NAME] [--wandb | --no-wandb]`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medr1.answers import PARSERS
 from medr1.report.build import build_report
 from medr1.report.runs import ReportError
 
@@ -17,6 +18,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("sweep_dir", type=Path, help="Hydra multirun dir (holds 0/, 1/, ... run dirs)")
     parser.add_argument("--out", type=Path, default=None, help="write the report here (default: sweep_dir)")
+    parser.add_argument(
+        "--parser",
+        choices=list(PARSERS),
+        default=None,
+        help="read every run's answers with this evaluation parser, recomputing accuracies from "
+        "eval/predictions.jsonl (default: each run's own, as recorded in eval/summary.json)",
+    )
     wandb = parser.add_mutually_exclusive_group()
     wandb.add_argument(
         "--wandb",
@@ -32,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = build_report(args.sweep_dir, args.out, args.use_wandb)
+        result = build_report(args.sweep_dir, args.out, args.use_wandb, args.parser)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ class ReportResult:
     paths: dict[str, Path]  # file name -> path written, e.g. "matrix_modality.csv"
     markdown: str  # every table as Markdown, in the order written
     wandb_dir: Path | None = None  # the local W&B run folder, when logged
+    parser: str | None = None  # --parser: every accuracy re-read with it; None = each run's own
 
     @property
     def tables(self) -> list[Table]:
@@ -62,6 +63,18 @@ def _wandb_project(runs: list[Run]) -> str:
     return projects[0] if projects else DEFAULT_PROJECT
 
 
+def parser_notes(runs: list[Run], parser: str | None) -> list[str]:
+    """Which evaluation parser the accuracies come from, said on every table."""
+    if parser is not None:
+        return [f"accuracies read with the {parser} evaluation parser (recomputed from eval/predictions.jsonl "
+                "where a run recorded another); format rate and reasoning length as recorded."]
+    used = sorted({run.parser for run in runs if run.parser is not None})
+    if len(used) > 1:
+        return [f"runs were evaluated with different parsers ({', '.join(used)}): their accuracies are not "
+                "comparable; pass --parser to read every run with one."]
+    return [f"accuracies read with the {used[0]} evaluation parser."] if used else []
+
+
 def _write_table(table: Table, out_dir: Path, paths: dict[str, Path]) -> str:
     markdown = to_markdown(table)
     md_path = out_dir / f"{table.name}.md"
@@ -77,14 +90,18 @@ def _write_table(table: Table, out_dir: Path, paths: dict[str, Path]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_report(sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool | None = None) -> ReportResult:
+def build_report(
+    sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool | None = None, parser: str | None = None
+) -> ReportResult:
     """Read every run below `sweep_dir` and write the report files into `out_dir` (default: sweep_dir).
 
     use_wandb: None = log to W&B when any run logged there (logger.name == "wandb").
-    Raises ReportError when `sweep_dir` is missing or holds no run directory.
+    parser: None = each run's accuracies as its evaluation recorded them; robust | medr1 | medvlm_r1 =
+    every run's accuracies read with that parser (recomputed from eval/predictions.jsonl).
+    Raises ReportError when `sweep_dir` is missing or holds no run directory, or `parser` is unknown.
     """
     sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir, parser)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment = experiment_of(runs, sweep_dir)
@@ -95,6 +112,9 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool |
     if varies_question_type(runs):
         question_type = build_matrix(runs, bases, QUESTION_TYPE_AXIS, experiment)
     comparison = build_comparison(runs, bases, experiment)
+    for table in (modality, question_type, comparison):
+        if table is not None:
+            table.notes += parser_notes(runs, parser)
 
     paths: dict[str, Path] = {}
     markdown = []
@@ -110,7 +130,8 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool |
             paths[image.name] = images[image.stem] = image
 
     result = ReportResult(
-        sweep_dir, out_dir, experiment, runs, modality, question_type, comparison, paths, "\n".join(markdown)
+        sweep_dir, out_dir, experiment, runs, modality, question_type, comparison, paths, "\n".join(markdown),
+        parser=parser,
     )
     if _wandb_wanted(runs, use_wandb):
         result.wandb_dir = log_report(

@@ -1,7 +1,9 @@
 """Find the run directories of a sweep and read what the report needs from each.
 
 A run directory is any directory holding `.hydra/config.yaml`; its results are in
-`eval/summary.json`. Configs are read without resolving: Hydra saves them with `${...}`
+`eval/summary.json`. With a parser named (`--parser`), a run whose summary was read with another
+parser has its accuracies recomputed from `eval/predictions.jsonl` (format rate and reasoning length
+are kept as recorded). Configs are read without resolving: Hydra saves them with `${...}`
 interpolations (some need Hydra's resolvers), so only the plain keys below are selected one by one.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from medr1.answers import PARSERS
 from medr1.data.names import canonical_modality, canonical_question_type
 
 RUN_DIR_HINT = (
@@ -53,8 +56,9 @@ class Run:
     logger_name: str | None
     logger_project: str | None
     overrides: tuple[str, ...]  # `.hydra/overrides.yaml`, as typed on the command line
-    summary: dict | None  # eval/summary.json, None when missing or unreadable
+    summary: dict | None  # eval/summary.json (accuracies re-read under --parser), None if missing or unreadable
     problem: str | None  # why `summary` is None, e.g. "no eval/summary.json"
+    parser: str | None = None  # the evaluation parser behind summary's accuracies; None without a summary
 
     @property
     def is_base(self) -> bool:
@@ -87,8 +91,33 @@ def _read_overrides(run_dir: Path) -> tuple[str, ...]:
     return tuple(str(item) for item in overrides or [])
 
 
-def _read_summary(run_dir: Path) -> tuple[dict | None, str | None]:
-    """(summary, None) or (None, the reason it cannot be used)."""
+def recorded_parser(summary: dict) -> str:
+    """The parser a summary's accuracies were read with; summaries older than the key used robust."""
+    return str(summary.get("parser") or "robust")
+
+
+def _read_predictions(run_dir: Path, parser: str) -> tuple[list[dict] | None, str | None]:
+    """(prediction rows, None) or (None, why they cannot be re-read with `parser`)."""
+    path = run_dir / "eval" / "predictions.jsonl"
+    if not path.is_file():
+        return None, f"no eval/predictions.jsonl to recompute accuracy with the {parser} parser"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as error:
+        return None, f"eval/predictions.jsonl unreadable: {error}"
+    needed = {"completion", "answer", "modality", "question_type"} | ({"options"} if parser == "robust" else set())
+    lacking = sorted({key for row in rows for key in needed if key not in row})
+    if not rows or lacking:
+        fix = " (written before options were stored: re-evaluate, or use --parser medr1 or medvlm_r1)" \
+            if lacking == ["options"] else ""
+        return None, f"eval/predictions.jsonl lacks {lacking or 'rows'}{fix}"
+    return rows, None
+
+
+def _read_summary(run_dir: Path, parser: str | None = None) -> tuple[dict | None, str | None]:
+    """(summary, None) or (None, the reason it cannot be used). With `parser` set and different from
+    the one the summary records, accuracy, n, by_modality and by_question_type are recomputed from
+    eval/predictions.jsonl and the summary's `parser` says `parser`."""
     path = run_dir / "eval" / "summary.json"
     if not path.is_file():
         return None, "no eval/summary.json"
@@ -99,11 +128,18 @@ def _read_summary(run_dir: Path) -> tuple[dict | None, str | None]:
     accuracy = summary.get("accuracy") if isinstance(summary, dict) else None
     if not isinstance(accuracy, int | float) or not 0.0 <= accuracy <= 1.0:
         return None, "eval/summary.json has no 'accuracy' fraction in [0, 1]"
-    return summary, None
+    if parser is None or parser == recorded_parser(summary):
+        return summary, None
+    rows, problem = _read_predictions(run_dir, parser)
+    if rows is None:
+        return None, problem
+    from medr1.metrics import rescore  # imports torch: only when a run is rescored
+
+    return summary | rescore(rows, parser) | {"parser": parser}, None
 
 
-def load_run(run_dir: Path, sweep_dir: Path) -> Run:
-    """Read one run directory (config keys, overrides, summary)."""
+def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
+    """Read one run directory (config keys, overrides, summary; accuracies under `parser` if given)."""
     config_path = run_dir / ".hydra" / "config.yaml"
     try:
         cfg = OmegaConf.load(config_path)
@@ -111,7 +147,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         raise ReportError(f"{config_path} is not valid YAML ({error}); fix or remove that run dir") from error
     if not isinstance(cfg, DictConfig):
         raise ReportError(f"{config_path} is not a mapping; {RUN_DIR_HINT}")
-    summary, problem = _read_summary(run_dir)
+    summary, problem = _read_summary(run_dir, parser)
     return Run(
         path=run_dir,
         relative=run_dir.relative_to(sweep_dir).as_posix(),
@@ -130,6 +166,7 @@ def load_run(run_dir: Path, sweep_dir: Path) -> Run:
         overrides=_read_overrides(run_dir),
         summary=summary,
         problem=problem,
+        parser=recorded_parser(summary) if summary is not None else None,
     )
 
 
@@ -153,8 +190,14 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda path: natural_key(path.relative_to(sweep_dir).as_posix()))
 
 
-def load_runs(sweep_dir: Path) -> list[Run]:
-    """All runs of the sweep, in natural path order; ReportError when there are none."""
+def load_runs(sweep_dir: Path, parser: str | None = None) -> list[Run]:
+    """All runs of the sweep, in natural path order; ReportError when there are none.
+
+    parser: None = each run's accuracies as recorded (with the parser its eval used); a name from
+    medr1.answers.PARSERS = every run's accuracies read with that parser.
+    """
+    if parser is not None and parser not in PARSERS:
+        raise ReportError(f"unknown parser {parser!r}; pass --parser one of {sorted(PARSERS)}")
     if not sweep_dir.is_dir():
         raise ReportError(
             f"sweep directory {sweep_dir} does not exist; pass a Hydra multirun directory such as "
@@ -166,7 +209,7 @@ def load_runs(sweep_dir: Path) -> list[Run]:
             f"no run directories found in {sweep_dir}; {RUN_DIR_HINT}. Pass the sweep directory that "
             "Hydra printed for `python run.py -m ...` (it holds multirun.yaml and the folders 0/, 1/, ...)"
         )
-    return [load_run(run_dir, sweep_dir) for run_dir in run_dirs]
+    return [load_run(run_dir, sweep_dir, parser) for run_dir in run_dirs]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ name -> `_target_`) and their weights; `build_reward` turns it into a `RewardMod
 
 The paper rewards, and where medr1 departs from the released code:
 - `medr1_format_reward` is Med-R1's and MedVLM-R1's format reward, unchanged.
+- `medr1_nothink_format_reward` is Med-R1's no-think run's format reward, unchanged
+  (`src/r1-v/src/open_r1/grpo_vqa_nothink.py`: a full match of `\\s*<answer>.*?</answer>`, DOTALL);
+  that run keeps the think run's accuracy reward (preset `medr1_nothink`).
 - `medr1_accuracy_reward`: Med-R1's code (R1-V's) first tries math_verify on the whole completion,
   then compares the first `<answer>` content (regex without DOTALL, so an answer with a line break
   inside is not found) or, when there is no answer block, the WHOLE completion, stripped, with the
@@ -33,6 +36,7 @@ from typing import Any
 from medr1.answers import (
     answer_text,
     follows_format,
+    follows_nothink_format,
     follows_strict_format,
     parse_choice,
     reasoning_text,
@@ -70,6 +74,15 @@ def solution_letter(solution: str) -> str:
 def medr1_format_reward(completions: list[str], **fields: Any) -> list[float]:
     """Med-R1: 1.0 iff the completion fully matches `<think>.*?</think>\\s*<answer>.*?</answer>`."""
     return [1.0 if follows_format(completion) else 0.0 for completion in completions]
+
+
+def medr1_nothink_format_reward(completions: list[str], **fields: Any) -> list[float]:
+    """Med-R1's no-think run: 1.0 iff the completion fully matches `\\s*<answer>.*?</answer>` (DOTALL).
+
+    As upstream, lazy `.*?` may swallow tags: `<answer>C</answer><answer>D</answer>` scores 1, and
+    so does an empty answer block; a think block before the answer or text after it scores 0.
+    """
+    return [1.0 if follows_nothink_format(completion) else 0.0 for completion in completions]
 
 
 def medr1_accuracy_reward(completions: list[str], **fields: Any) -> list[float]:
