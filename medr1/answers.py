@@ -6,7 +6,7 @@ Who reads a completion how (they do NOT all agree; see FIDELITY-AUDIT.md §1 and
   exactly one option letter; `medr1`, `medr1_nothink` and `medvlm_r1` follow the papers' own reward
   code, which accepts and rejects other answers than any eval parser (`c` earns MedVLM-R1's reward
   but is wrong in its evaluation);
-- evaluation (medr1.metrics.score) reads the chosen letter with one of PARSERS, `eval.parser`:
+- evaluation (medr1.grading.grade) reads the chosen letter with one of PARSERS, `eval.parser`:
   `robust` (`extract_choice`, medr1's own and the most lenient), `medr1` (Med-R1's eval regex) or
   `medvlm_r1` (MedVLM-R1's eval regex). The format checks below are shared by rewards and eval.
 

@@ -9,7 +9,6 @@ holds the accuracy under every parser (accuracy_by_parser).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,18 +18,21 @@ import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medr1.answers import get_parser
-from medr1.evaluation import Generator, evaluate_batches, greedy, write_eval_outputs
-from medr1.metrics import format_summary
-from medr1.models.loading import resolve_model_path
+from medr1.builders import build_datamodule, load_policy, run_dir_of
+from medr1.cache import json_hash
+from medr1.grading import evaluate_batches, format_summary, write_eval_outputs
+from medr1.models.checkpoints import resolve_model_path
 from medr1.precision import autocast_for
-from medr1.setup import build_datamodule, load_policy, run_dir_of
+from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
 
 
 def _container(value):
     """A config value as plain data (resolved), for hashing; None stays None."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
 
 
 def _parser_of(cfg: DictConfig) -> str:
@@ -45,17 +47,24 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
     files = {}
     folder = Path(model_path)
     if folder.is_dir():  # a local folder can change in place: key on its files' sizes and times
-        files = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+        files = {
+            p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()
+        }
     inputs = {
-        "model": model_path, "files": files,
-        "pixels": [cfg.model.min_pixels, cfg.model.max_pixels], "dtype": cfg.model.dtype,
+        "model": model_path,
+        "files": files,
+        "pixels": [cfg.model.min_pixels, cfg.model.max_pixels],
+        "dtype": cfg.model.dtype,
         "data": OmegaConf.to_container(cfg.data.source, resolve=True),
         "max_test_per_modality": cfg.data.get("max_test_per_modality"),
-        "prompt": _container(cfg.prompt), "eval_prompt": _container(cfg.eval.get("prompt")),
-        "resize": _container(cfg.data.get("resize")), "parser": _parser_of(cfg),
-        "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed,
+        "prompt": _container(cfg.prompt),
+        "eval_prompt": _container(cfg.eval.get("prompt")),
+        "resize": _container(cfg.data.get("resize")),
+        "parser": _parser_of(cfg),
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "seed": cfg.seed,
     }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(inputs, 16)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -66,12 +75,18 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     stored = None
     if cfg.eval.get("reuse"):
-        stored = Path(cfg.paths.cache_dir).expanduser() / "evaluations" / evaluation_key(
-            cfg, resolve_model_path(cfg.model, cfg.paths.cache_dir))
+        stored = (
+            Path(cfg.paths.cache_dir).expanduser()
+            / "evaluations"
+            / evaluation_key(cfg, resolve_model_path(cfg.model, cfg.paths.cache_dir))
+        )
         if (stored / "summary.json").exists():
             shutil.copytree(stored, run_dir / "eval", dirs_exist_ok=True)
             summary = json.loads((stored / "summary.json").read_text())
-            print(format_summary(summary, f"{cfg.model.name} (identical evaluation reused from {stored})"), flush=True)
+            print(
+                format_summary(summary, f"{cfg.model.name} (identical evaluation reused from {stored})"),
+                flush=True,
+            )
             return summary
 
     policy = load_policy(cfg, train=False)
@@ -79,10 +94,15 @@ def evaluate(cfg: DictConfig) -> dict:
     policy.model.to(device)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("test")
-    with autocast_for(str(cfg.trainer.precision), device):  # as the Trainer computes: fp32 weights, bf16 compute
+    with autocast_for(
+        str(cfg.trainer.precision), device
+    ):  # as the Trainer computes: fp32 weights, bf16 compute
         predictions, summary = evaluate_batches(
-            policy.model, datamodule.test_dataloader(), Generator.for_model(policy.model, policy.processor),
-            greedy(int(cfg.eval.max_new_tokens)), parser=parser,
+            policy.model,
+            datamodule.test_dataloader(),
+            Sampler.for_model(policy.model, policy.processor),
+            greedy(int(cfg.eval.max_new_tokens)),
+            parser=parser,
         )
     eval_dir = write_eval_outputs(run_dir, predictions, summary, f"{cfg.model.name} ({policy.path})")
     if stored is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+import lightning  # noqa: F401  (creates Lightning's loggers and handlers before quiet_console adjusts them)
+from lightning_utilities.core import rank_zero
 from omegaconf import DictConfig
 
 # Library chatter that says nothing about the user's run: Lightning's note that checkpoints under
@@ -19,11 +21,40 @@ QUIET = [
 ]
 
 
+# Lightning's loggers: each has its own console handler and also propagates to the root logger.
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+class DropAdvertisingTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines: they say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_console() -> None:
+    """Each message once on the console, and no advertising. Under Hydra the root logger has a handler
+    that prints Lightning's lines (and writes them to the run's log file), so Lightning's own console
+    handlers, which would print each line a second time, are removed."""
+    rank_zero_names = [f"{name}.utilities.rank_zero" for name in LIGHTNING_LOGGERS]
+    for logger in {rank_zero.log, *map(logging.getLogger, rank_zero_names)}:  # where rank_zero_info logs
+        if not any(isinstance(f, DropAdvertisingTips) for f in logger.filters):
+            logger.addFilter(DropAdvertisingTips())
+    if not logging.getLogger().handlers:
+        return  # no Hydra logging (e.g. train() called directly): Lightning's handlers are the only ones
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def run(cfg: DictConfig) -> float:
     """Run per cfg.mode; returns test accuracy (Hydra sweepers can optimise it)."""
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("medr1").setLevel(logging.INFO)
+    quiet_console()
     if cfg.mode == "train":
         from medr1.train import train
 

@@ -13,29 +13,18 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from medr1.evaluation import write_eval_outputs
+from medr1.builders import (
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    load_policy,
+    run_dir_of,
+)
+from medr1.grading import write_eval_outputs
 from medr1.precision import autocast_for, check_trainable_precision
-from medr1.rl.module import GRPOModule
-from medr1.rl.rewards import build_reward
-from medr1.setup import build_datamodule, build_loggers, build_trainer, load_policy, run_dir_of
-from medr1.sft.module import SFTModule
 
 log = logging.getLogger(__name__)
-
-
-def build_module(cfg: DictConfig, policy, datamodule):
-    common = dict(
-        model=policy.model, processor=policy.processor,
-        optimizer=instantiate(cfg.algo.optimizer), scheduler=cfg.algo.scheduler,
-        eval_max_new_tokens=int(cfg.eval.max_new_tokens), eval_parser=str(cfg.eval.parser),
-    )
-    if cfg.algo.name == "grpo":
-        reference = GRPOModule.reference_for(policy.model, cfg.algo, cfg.tuning.name)
-        return GRPOModule(reward=build_reward(cfg.reward), algo=cfg.algo, reference_model=reference,
-                          sample_table_every=int(cfg.logger.get("sample_table_every", 0) or 0), **common)
-    if cfg.algo.name == "sft":
-        return SFTModule(**common)
-    raise ValueError(f"algo={cfg.algo.name!r}; choose grpo or sft")
 
 
 def save_final(module, run_dir: Path) -> Path:
@@ -61,23 +50,33 @@ def train(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     module = build_module(cfg, policy, datamodule)
     callbacks = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_train_steps=int(cfg.checkpoint.every_n_steps),
-                        save_last=True, save_top_k=-1 if cfg.checkpoint.keep_all else 1),
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            every_n_train_steps=int(cfg.checkpoint.every_n_steps),
+            save_last=True,
+            save_top_k=-1 if cfg.checkpoint.keep_all else 1,
+        ),
     ]
     loggers = build_loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
-    check_trainable_precision(policy.model, str(cfg.trainer.precision), trainer.strategy,
-                              bool(cfg.model.get("allow_low_precision_weights")))
+    check_trainable_precision(
+        policy.model,
+        str(cfg.trainer.precision),
+        trainer.strategy,
+        bool(cfg.model.get("allow_low_precision_weights")),
+    )
     datamodule.batch_size = per_rank_batch_size(cfg.data, trainer.world_size)
 
     # Under DDP/FSDP every rank runs this function; evaluation and files are rank zero's job
     is_main = rank_zero_only.rank == 0
     start_summary = None
     if cfg.eval.before_training and is_main:
-        predictions, start_summary = evaluate_on_device(module, trainer, datamodule, "evaluating before training")
+        predictions, start_summary = evaluate_on_device(
+            module, trainer, datamodule, "evaluating before training"
+        )
         write_eval_outputs(run_dir / "eval_before", predictions, start_summary, "before training")
 
     started = time.perf_counter()
@@ -89,15 +88,26 @@ def train(cfg: DictConfig) -> dict:
     log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)
 
     predictions, summary = evaluate_on_device(module, trainer, datamodule, "evaluating on the test split")
-    write_eval_outputs(run_dir, predictions, summary, f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}")
+    write_eval_outputs(
+        run_dir, predictions, summary, f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}"
+    )
     if start_summary is not None:
-        print(f"test accuracy: {100 * start_summary['accuracy']:.1f}% before training -> "
-              f"{100 * summary['accuracy']:.1f}% after", flush=True)
+        print(
+            f"test accuracy: {100 * start_summary['accuracy']:.1f}% before training -> "
+            f"{100 * summary['accuracy']:.1f}% after",
+            flush=True,
+        )
     for logger in loggers:
-        logger.log_metrics({f"test/accuracy_{k}": v for k, v in summary["by_modality"].items()}
-                           | {f"test/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
-                           | {"test/accuracy": summary["accuracy"], "test/format_rate": summary["format_rate"],
-                              "test/reasoning_length": summary["reasoning_length"]}, step=trainer.global_step)
+        logger.log_metrics(
+            {f"test/accuracy_{k}": v for k, v in summary["by_modality"].items()}
+            | {f"test/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
+            | {
+                "test/accuracy": summary["accuracy"],
+                "test/format_rate": summary["format_rate"],
+                "test/reasoning_length": summary["reasoning_length"],
+            },
+            step=trainer.global_step,
+        )
         logger.finalize("success")
     finish_wandb(loggers)
     return summary
@@ -110,8 +120,10 @@ def per_rank_batch_size(data_cfg: DictConfig, world_size: int) -> int:
     if total is None:
         return int(data_cfg.batch_size)
     if int(total) < 1 or int(total) % world_size:
-        raise ValueError(f"data.global_batch_size={total} must be a positive multiple of the number of "
-                         f"processes ({world_size}); change it or trainer.devices / trainer.num_nodes")
+        raise ValueError(
+            f"data.global_batch_size={total} must be a positive multiple of the number of "
+            f"processes ({world_size}); change it or trainer.devices / trainer.num_nodes"
+        )
     return int(total) // world_size
 
 
@@ -143,5 +155,7 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         last = run_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.exists() else None
     if not Path(resume).exists():
-        raise FileNotFoundError(f"checkpoint.resume={resume!r} does not exist; pass a .ckpt path, 'last' or null")
+        raise FileNotFoundError(
+            f"checkpoint.resume={resume!r} does not exist; pass a .ckpt path, 'last' or null"
+        )
     return str(resume)

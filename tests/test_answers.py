@@ -73,15 +73,18 @@ def test_pattern_constant_is_med_r1s():
     assert ANSWER_ONLY_PATTERN == r"\s*<answer>.*?</answer>"  # grpo_vqa_nothink.py
 
 
-@pytest.mark.parametrize("completion, expected", [
-    ("<answer>B</answer>", True),
-    ("\n <answer>B</answer>", True),  # leading whitespace only
-    ("<answer>B</answer>\n", False),
-    ("<answer></answer>", True),  # empty answer: the regex allows it
-    ("<answer>B</answer><answer>C</answer>", True),  # lazy .*? swallows the second block
-    ("<think>x</think><answer>B</answer>", False),
-    ("B", False),
-])
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<answer>B</answer>", True),
+        ("\n <answer>B</answer>", True),  # leading whitespace only
+        ("<answer>B</answer>\n", False),
+        ("<answer></answer>", True),  # empty answer: the regex allows it
+        ("<answer>B</answer><answer>C</answer>", True),  # lazy .*? swallows the second block
+        ("<think>x</think><answer>B</answer>", False),
+        ("B", False),
+    ],
+)
 def test_nothink_format(completion, expected):
     assert follows_nothink_format(completion) is expected
     assert re.fullmatch(THINK_ANSWER_PATTERN, "<think>a\nb</think><answer>B</answer>", re.DOTALL)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from medr1.data.medr1_splits import MedR1Splits, parse_problem
 from medr1.data.records import BadRecordError, VQARecord
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 from tests.released_formats import medr1_problem, write_medr1_splits
 
 CT_PROBLEM = "What imaging technique is employed for obtaining this image? A)Mammogram, B)Positron emission tomography (PET), C)CT, D)Fluoroscopy"

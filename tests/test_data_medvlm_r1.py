@@ -13,7 +13,7 @@ from PIL import Image
 
 from medr1.data.medvlm_r1 import MedVLMR1
 from medr1.data.records import BadRecordError
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 from tests.released_formats import write_medvlm_r1_folder
 
 DATA_FILE = "medical_multimodel_evaluation_data.json"  # the released name, typo included

@@ -15,7 +15,7 @@ from medr1.data import records as records_module
 from medr1.data.omnimedvqa import OmniMedVQA
 from medr1.data.records import BadRecordError, VQARecord
 from medr1.data.split import split_by_group
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 
 # --- builders of a real-format OmniMedVQA root ------------------------------------------------------
 

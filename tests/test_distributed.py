@@ -12,19 +12,37 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import REPO, compose_config
+from tests.helpers.config import REPO, compose_config
 
 
 def test_ddp_grpo_on_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "run.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.precision=32-true", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=3",
-         "trainer.val_check_interval=2", "data.val_size=8", "data.batch_size=4", "data.source.size=5",
-         "algo.num_generations=4", "eval.before_training=false", "trainer.enable_progress_bar=false",
-         # a callback monitoring a validation metric needs it on every rank, not only on rank zero
-         "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/accuracy,mode:max,patience:5}"],
-        cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600,
+        [
+            sys.executable,
+            "run.py",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=2",
+            "data.val_size=8",
+            "data.batch_size=4",
+            "data.source.size=5",
+            "algo.num_generations=4",
+            "eval.before_training=false",
+            "trainer.enable_progress_bar=false",
+            # a callback monitoring a validation metric needs it on every rank, not only on rank zero
+            "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/accuracy,mode:max,patience:5}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
@@ -46,20 +64,46 @@ def test_ddp_micro_batches_all_reduce_once_and_give_the_whole_batch_update(tmp_p
     for micro in (0, 2):
         run_dir, probe = tmp_path / f"micro{micro}", tmp_path / f"probe{micro}"
         result = subprocess.run(
-            [sys.executable, "run.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-             "trainer.precision=32-true", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=1",
-             "data.batch_size=4", "data.source.size=5", "algo.num_generations=4",
-             f"algo.micro_batch_size={micro}", "algo.beta=0", "algo.max_grad_norm=0",
-             "algo.optimizer._target_=torch.optim.SGD", "~algo.optimizer.betas", "~algo.optimizer.eps", "algo.optimizer.lr=1.0",
-             "eval.before_training=false", "trainer.enable_progress_bar=false",
-             "+callbacks.probe._target_=tests.ddp_probe.CountGradientAllReduces", f"+callbacks.probe.out={probe}"],
-            cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600,
+            [
+                sys.executable,
+                "run.py",
+                "trainer=ddp",
+                "trainer.accelerator=cpu",
+                "trainer.devices=2",
+                "trainer.precision=32-true",
+                "logger=csv",
+                f"hydra.run.dir={run_dir}",
+                "trainer.max_steps=1",
+                "data.batch_size=4",
+                "data.source.size=5",
+                "algo.num_generations=4",
+                f"algo.micro_batch_size={micro}",
+                "algo.beta=0",
+                "algo.max_grad_norm=0",
+                "algo.optimizer._target_=torch.optim.SGD",
+                "~algo.optimizer.betas",
+                "~algo.optimizer.eps",
+                "algo.optimizer.lr=1.0",
+                "eval.before_training=false",
+                "trainer.enable_progress_bar=false",
+                "+callbacks.probe._target_=tests.helpers.ddp_probe.CountGradientAllReduces",
+                f"+callbacks.probe.out={probe}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-4000:]
         finals[micro] = load_file(run_dir / "checkpoints" / "final" / "model.safetensors")
-        counts[micro] = [json.loads((probe / f"rank{r}.json").read_text())["bucket_all_reduces"] for r in (0, 1)]
+        counts[micro] = [
+            json.loads((probe / f"rank{r}.json").read_text())["bucket_all_reduces"] for r in (0, 1)
+        ]
     start = load_file(os.path.join(tiny_path, "model.safetensors"))
-    assert counts[0][0] > 0 and counts[2] == counts[0]  # one all-reduce per bucket per update, not per micro-batch
+    assert (
+        counts[0][0] > 0 and counts[2] == counts[0]
+    )  # one all-reduce per bucket per update, not per micro-batch
     update = {name: finals[0][name] - start[name] for name in start}
     assert max(float(u.abs().max()) for u in update.values()) > 1e-3  # the step moved the policy
     for name, whole in update.items():
@@ -72,14 +116,33 @@ def test_ddp_resume_restores_every_rank_s_random_state(tmp_path):
     each with its own sampling stream (their prompts differ, so do their completions' lengths)."""
     from safetensors.torch import load_file
 
-    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              "logger=csv", "trainer.max_steps=2", "data.batch_size=2", "data.source.size=5",
-              "algo.num_generations=4", "algo.beta=0", "algo.optimizer.lr=1e-3", "eval.before_training=false",
-              "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=1", "checkpoint.keep_all=true"]
+    common = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "data.batch_size=2",
+        "data.source.size=5",
+        "algo.num_generations=4",
+        "algo.beta=0",
+        "algo.optimizer.lr=1e-3",
+        "eval.before_training=false",
+        "trainer.enable_progress_bar=false",
+        "checkpoint.every_n_steps=1",
+        "checkpoint.keep_all=true",
+    ]
 
     def run(run_dir, *extra):
-        result = subprocess.run([sys.executable, "run.py", *common, f"hydra.run.dir={run_dir}", *extra],
-                                cwd=REPO, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+        result = subprocess.run(
+            [sys.executable, "run.py", *common, f"hydra.run.dir={run_dir}", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-4000:]
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -12,11 +12,19 @@ import pytest
 
 from medr1.answers import extract_choice
 from medr1.data.records import VQARecord
-from medr1.metrics import EvalAccumulator, score
-from tests.conftest import REPO
+from medr1.grading import EvalAccumulator, grade
+from tests.helpers.config import REPO
 
-SUMMARY_KEYS = {"accuracy", "n", "by_modality", "by_question_type", "format_rate", "reasoning_length", "parser",
-                "accuracy_by_parser"}
+SUMMARY_KEYS = {
+    "accuracy",
+    "n",
+    "by_modality",
+    "by_question_type",
+    "format_rate",
+    "reasoning_length",
+    "parser",
+    "accuracy_by_parser",
+}
 
 
 def accuracy_by_parser_by_hand(lines: list[dict]) -> dict[str, float]:
@@ -31,15 +39,29 @@ def accuracy_by_parser_by_hand(lines: list[dict]) -> dict[str, float]:
         "medr1": lambda row: regex(r"<answer>\s*(\w+)\s*</answer>", row["completion"]),
         "medvlm_r1": lambda row: regex(r"<answer>\s*([A-Z])\s*</answer>", row["completion"]),
     }
-    return {name: sum(parse(row) == row["answer"] for row in lines) / len(lines) for name, parse in read.items()}
+    return {
+        name: sum(parse(row) == row["answer"] for row in lines) / len(lines) for name, parse in read.items()
+    }
 
 
 def test_run_py_eval_writes_predictions_and_summary(tmp_path, tiny_path):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "run.py", "mode=eval", "model=tiny", "data=synthetic", "data.source.size=5",
-         "logger=none", f"hydra.run.dir={run_dir}", "eval.reuse=false"],
-        cwd=REPO, capture_output=True, text=True, env=os.environ | {"MEDR1_CACHE": os.environ["MEDR1_CACHE"]},
+        [
+            sys.executable,
+            "run.py",
+            "mode=eval",
+            "model=tiny",
+            "data=synthetic",
+            "data.source.size=5",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+            "eval.reuse=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"MEDR1_CACHE": os.environ["MEDR1_CACHE"]},
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,17 +86,24 @@ def test_run_py_eval_writes_predictions_and_summary(tmp_path, tiny_path):
 
 def test_eval_reuses_an_identical_evaluation(tmp_path, tiny_path):
     from medr1.evaluate import evaluate
-    from tests.conftest import compose_config
+    from tests.helpers.config import compose_config
 
-    overrides = ["mode=eval", "data.source.size=5", "logger=none", "eval.reuse=true",
-                 f"paths.cache_dir={tmp_path / 'cache'}", f"model.path={tiny_path}"]
+    overrides = [
+        "mode=eval",
+        "data.source.size=5",
+        "logger=none",
+        "eval.reuse=true",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"model.path={tiny_path}",
+    ]
     first = evaluate(compose_config(overrides, tmp_path / "first"))
     stored = list((tmp_path / "cache" / "evaluations").iterdir())
     assert len(stored) == 1
     second = evaluate(compose_config(overrides, tmp_path / "second"))
     assert second == first
-    assert (tmp_path / "second" / "eval" / "predictions.jsonl").read_text() == \
-        (tmp_path / "first" / "eval" / "predictions.jsonl").read_text()
+    assert (tmp_path / "second" / "eval" / "predictions.jsonl").read_text() == (
+        tmp_path / "first" / "eval" / "predictions.jsonl"
+    ).read_text()
     evaluate(compose_config(overrides + ["prompt=nothink"], tmp_path / "third"))
     assert len(list((tmp_path / "cache" / "evaluations").iterdir())) == 2  # a different prompt is not reused
     medr1 = evaluate(compose_config(overrides + ["eval.parser=medr1"], tmp_path / "fourth"))
@@ -82,7 +111,10 @@ def test_eval_reuses_an_identical_evaluation(tmp_path, tiny_path):
     assert medr1["parser"] == "medr1" and first["parser"] == "robust"
     assert medr1["accuracy_by_parser"] == first["accuracy_by_parser"]  # greedy: the same completions
     assert medr1["accuracy"] == pytest.approx(medr1["accuracy_by_parser"]["medr1"])
-    lines = [json.loads(line) for line in (tmp_path / "fourth" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "fourth" / "eval" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert medr1["accuracy_by_parser"] == pytest.approx(accuracy_by_parser_by_hand(lines))
 
 
@@ -90,7 +122,7 @@ def test_evaluation_key_covers_parser_prompt_and_resize(tmp_path):
     from omegaconf import open_dict
 
     from medr1.evaluate import evaluation_key
-    from tests.conftest import compose_config
+    from tests.helpers.config import compose_config
 
     base = compose_config(["mode=eval"])
     key = evaluation_key(base, "some/model")
@@ -119,20 +151,32 @@ class WordCounter:
 
 
 def _record(i, modality, answer, question_type="disease_diagnosis"):
-    return VQARecord(id=str(i), images=("x.png",), question="q", options={"A": "no", "B": "yes", "C": "maybe"},
-                     answer=answer, modality=modality, question_type=question_type, source="test")
+    return VQARecord(
+        id=str(i),
+        images=("x.png",),
+        question="q",
+        options={"A": "no", "B": "yes", "C": "maybe"},
+        answer=answer,
+        modality=modality,
+        question_type=question_type,
+        source="test",
+    )
 
 
 def test_accuracy_by_group_format_rate_and_reasoning_length():
-    records = [_record(0, "ct", "A"), _record(1, "ct", "B"), _record(2, "mri", "C", "lesion_grading"),
-               _record(3, "mri", "A", "lesion_grading")]
+    records = [
+        _record(0, "ct", "A"),
+        _record(1, "ct", "B"),
+        _record(2, "mri", "C", "lesion_grading"),
+        _record(3, "mri", "A", "lesion_grading"),
+    ]
     completions = [
         "<think>one two three</think> <answer> A </answer>",  # correct, format, 3 tokens
         "<think>a b</think><answer>C</answer>",  # wrong, format, 2 tokens
         "C",  # correct without tags: graded, but not in format
         "<answer></answer>",  # no answer: wrong, counted (not skipped)
     ]
-    predictions = score(records, completions, WordCounter())
+    predictions = grade(records, completions, WordCounter())
     assert [p.correct for p in predictions] == [True, False, True, False]
     assert [p.parsed for p in predictions] == ["A", "C", "C", None]
     accumulator = EvalAccumulator()
@@ -142,7 +186,10 @@ def test_accuracy_by_group_format_rate_and_reasoning_length():
     assert summary["n"] == 4
     assert summary["accuracy"] == pytest.approx(0.5)
     assert summary["by_modality"] == {"ct": pytest.approx(0.5), "mri": pytest.approx(0.5)}
-    assert summary["by_question_type"] == {"disease_diagnosis": pytest.approx(0.5), "lesion_grading": pytest.approx(0.5)}
+    assert summary["by_question_type"] == {
+        "disease_diagnosis": pytest.approx(0.5),
+        "lesion_grading": pytest.approx(0.5),
+    }
     assert summary["format_rate"] == pytest.approx(0.5)
     assert summary["reasoning_length"] == pytest.approx((3 + 2 + 0 + 0) / 4)
     with pytest.raises(ValueError, match="empty"):

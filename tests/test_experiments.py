@@ -11,16 +11,25 @@ from pathlib import Path
 import pytest
 
 from medr1.main import run
-from tests.conftest import REPO, compose_config
+from tests.helpers.config import REPO, compose_config
 from tests.released_formats import MEDVLM_TEST_FILE, write_medr1_splits, write_medvlm_r1_folder
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 # What "scaled down" changes: the model, the device and the budget. Nothing else.
 SCALED_DOWN = [
-    "model=tiny", "trainer=cpu", "trainer.max_steps=2", "trainer.val_check_interval=100", "logger=csv",
-    "trainer.enable_progress_bar=false", "eval.before_training=false", "checkpoint.every_n_steps=100",
-    "data.num_workers=0", "data.val_size=4", "algo.max_completion_length=16", "++algo.num_generations=4",
+    "model=tiny",
+    "trainer=cpu",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=100",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "eval.before_training=false",
+    "checkpoint.every_n_steps=100",
+    "data.num_workers=0",
+    "data.val_size=4",
+    "algo.max_completion_length=16",
+    "++algo.num_generations=4",
 ]
 
 
@@ -85,9 +94,13 @@ def test_paper_settings_reach_the_run(released):
 
 
 def test_base_model_row_evaluates_the_released_medvlm_r1_test_file(tmp_path, released):
-    cfg = compose_config(experiment_overrides("medvlm_r1", released) + ["mode=eval", "eval.reuse=false"], tmp_path)
+    cfg = compose_config(
+        experiment_overrides("medvlm_r1", released) + ["mode=eval", "eval.reuse=false"], tmp_path
+    )
     run(cfg)
-    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    ]
     test_items = json.loads((released["medvlm_r1"] / MEDVLM_TEST_FILE).read_text())
     assert len(predictions) == len(test_items)
     assert {p["modality"] for p in predictions} == {"mri", "ct", "xray"}

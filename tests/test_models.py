@@ -8,8 +8,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from medr1.models.build import SPECIAL_TOKENS
-from medr1.models.loading import apply_tuning, resolve_model_path
-from tests.conftest import compose_config
+from medr1.models.checkpoints import resolve_model_path
+from medr1.models.tuning import apply_tuning
+from tests.helpers.config import compose_config
 
 
 def test_tiny_checkpoint_is_a_qwen2_vl_folder(tiny_path):
@@ -19,9 +20,14 @@ def test_tiny_checkpoint_is_a_qwen2_vl_folder(tiny_path):
     assert type(processor).__name__ == "Qwen2VLProcessor"
     vocab = processor.tokenizer.get_vocab()
     assert all(token in vocab for token in SPECIAL_TOKENS)
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}],
-                                         add_generation_prompt=True, tokenize=False)
-    assert text.endswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert text.endswith(
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
@@ -30,10 +36,23 @@ def test_build_recipe_sets_the_language_model_init_scale():
     from medr1.models.build import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(400)
-    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, initializer_range=0.1)
-    vision = dict(depth=1, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2)
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        initializer_range=0.1,
+    )
+    vision = dict(
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
     model = build_model(tokenizer, text=text, vision=vision, seed=0)
     language = model.model.language_model.layers[0].self_attn.q_proj.weight
     assert abs(language.std().item() - 0.1) < 0.01
@@ -46,13 +65,21 @@ def test_bench_checkpoint_has_qwen2_vl_2b_proportions_scaled_down(tmp_path):
     assert path.startswith(str(tmp_path))  # built into the configured cache
     model = AutoModelForImageTextToText.from_pretrained(path)
     text, vision = model.config.text_config, model.config.vision_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
-            text.intermediate_size) == (256, 6, 4, 2, 1536)
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.intermediate_size,
+    ) == (256, 6, 4, 2, 1536)
     assert (vision.depth, vision.embed_dim, vision.num_heads, vision.mlp_ratio) == (8, 192, 4, 4)
     processor = AutoProcessor.from_pretrained(path)
     assert processor.image_processor.size["longest_edge"] == 401408
-    batch = processor(text=["<|vision_start|><|image_pad|><|vision_end|>x"], images=[Image.new("RGB", (392, 392))],
-                      return_tensors="pt")
+    batch = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>x"],
+        images=[Image.new("RGB", (392, 392))],
+        return_tensors="pt",
+    )
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((batch["input_ids"] == image_pad).sum()) == 196
     # a second call reuses the folder instead of building again
@@ -79,18 +106,24 @@ def test_full_tuning_with_and_without_frozen_vision(tiny_path):
     model = AutoModelForImageTextToText.from_pretrained(tiny_path)
     all_names = {name for name, _ in model.named_parameters()}
     assert _trainable(apply_tuning(model, compose_config(["tuning=full"]).tuning)) == all_names
-    frozen = _trainable(apply_tuning(model, compose_config(["tuning=full", "tuning.freeze_vision=true"]).tuning))
+    frozen = _trainable(
+        apply_tuning(model, compose_config(["tuning=full", "tuning.freeze_vision=true"]).tuning)
+    )
     assert frozen == {n for n in all_names if ".visual." not in n}
 
 
 def test_lora_adapts_language_model_only_unless_asked(tiny_path):
-    lora = apply_tuning(AutoModelForImageTextToText.from_pretrained(tiny_path), compose_config(["tuning=lora"]).tuning)
+    lora = apply_tuning(
+        AutoModelForImageTextToText.from_pretrained(tiny_path), compose_config(["tuning=lora"]).tuning
+    )
     trainable = _trainable(lora)
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and any("down_proj" in n for n in trainable)
-    with_vision = apply_tuning(AutoModelForImageTextToText.from_pretrained(tiny_path),
-                               compose_config(["tuning=lora", "tuning.adapt_vision=true"]).tuning)
+    with_vision = apply_tuning(
+        AutoModelForImageTextToText.from_pretrained(tiny_path),
+        compose_config(["tuning=lora", "tuning.adapt_vision=true"]).tuning,
+    )
     assert any("visual" in n and "lora_" in n for n in _trainable(with_vision))
     # adapters start at zero: the adapted model equals the base model, so the GRPO reference is free
     base = AutoModelForImageTextToText.from_pretrained(tiny_path)
@@ -104,15 +137,28 @@ def test_warm_start_targets_every_option_letter_once_and_reasons_from_the_questi
     from medr1.models.warmstart import GENERIC_REASONING, REASONING, with_every_answer
 
     record = VQARecord(
-        id="q1", images=("/x.png",), question="Which imaging modality is this?",
-        options={"A": "CT", "B": "MRI", "C": "X-ray"}, answer="B", modality="ct",
-        question_type="modality_recognition", source="synthetic",
+        id="q1",
+        images=("/x.png",),
+        question="Which imaging modality is this?",
+        options={"A": "CT", "B": "MRI", "C": "X-ray"},
+        answer="B",
+        modality="ct",
+        question_type="modality_recognition",
+        source="synthetic",
     )
-    other = VQARecord(**{**record.__dict__, "id": "q2", "question_type": "other", "options": {"A": "Yes", "B": "No"}})
+    other = VQARecord(
+        **{**record.__dict__, "id": "q2", "question_type": "other", "options": {"A": "Yes", "B": "No"}}
+    )
     copies = with_every_answer([record, other])
     # each letter of each record exactly once: the letter's target is uniform over the options,
     # so there is nothing per record or per image to memorise
-    assert [(c.id, c.answer) for c in copies] == [("q1", "A"), ("q1", "B"), ("q1", "C"), ("q2", "A"), ("q2", "B")]
+    assert [(c.id, c.answer) for c in copies] == [
+        ("q1", "A"),
+        ("q1", "B"),
+        ("q1", "C"),
+        ("q2", "A"),
+        ("q2", "B"),
+    ]
     assert [c.reasoning for c in copies] == [REASONING["modality_recognition"]] * 3 + [GENERIC_REASONING] * 2
     assert record.answer == "B" and record.reasoning is None  # the inputs are left as they were
 
@@ -123,22 +169,21 @@ def test_instruct_model_samples_every_option_letter_about_equally(tiny_path):
     from collections import Counter
 
     from medr1.answers import extract_choice
-    from medr1.evaluation import Generator
-    from medr1.rl.sequences import SamplingConfig
-    from medr1.setup import build_datamodule, load_policy
+    from medr1.builders import build_datamodule, load_policy
+    from medr1.rollout import Sampler, SamplingConfig
 
     cfg = compose_config(["question_type=modality_recognition", "data.batch_size=16"])
     torch.manual_seed(0)
     policy = load_policy(cfg, train=False)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("fit")
-    generator = Generator.for_model(policy.model, policy.processor)
+    sampler = Sampler.for_model(policy.model, policy.processor)
     sampling = SamplingConfig(max_new_tokens=40, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     letters = Counter()
     for index, batch in enumerate(datamodule.train_dataloader()):
         if index == 2:
             break
-        _, _, texts = generator.complete(policy.model, batch, sampling, 8)
+        _, _, texts = sampler.complete(policy.model, batch, sampling, 8)
         letters.update(extract_choice(text, batch.records[i // 8].options) for i, text in enumerate(texts))
     total = sum(letters.values())  # 2 x 16 prompts x 8 samples
     assert letters[None] < 0.05 * total, letters  # the format holds
@@ -148,9 +193,9 @@ def test_instruct_model_samples_every_option_letter_about_equally(tiny_path):
 def test_instruct_model_is_rebuilt_when_the_synthetic_images_change(monkeypatch, tmp_path):
     """The warm start trains on synthetic images: a new generator version must not reuse the old model."""
     import medr1.data.synthetic as synthetic
-    import medr1.models.loading as loading
+    import medr1.models.checkpoints as checkpoints
 
-    monkeypatch.setattr(loading, "build_atomically", lambda target, build: target)  # names only, no build
+    monkeypatch.setattr(checkpoints, "build_atomically", lambda target, build: target)  # names only, no build
     cfg = compose_config(["model=tiny", f"paths.cache_dir={tmp_path}"])
     current = resolve_model_path(cfg.model, tmp_path)
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)

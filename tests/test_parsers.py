@@ -9,7 +9,7 @@ import pytest
 
 from medr1.answers import PARSERS, extract_choice, get_parser, medr1_eval_parse, medvlm_r1_eval_parse
 from medr1.data.records import VQARecord
-from medr1.metrics import EvalAccumulator, is_correct, rescore, score
+from medr1.grading import EvalAccumulator, grade, is_correct, regrade
 
 # FIDELITY-AUDIT.md §1 behaviour matrix: solution C, these options.
 OPTIONS = {"A": "Mammogram", "B": "PET", "C": "CT", "D": "Fluoroscopy"}
@@ -33,9 +33,19 @@ class WordCounter:
         return {"input_ids": text.split()}
 
 
-def record(i: int = 0, answer: str = SOLUTION, modality: str = "ct", question_type: str = "modality_recognition"):
-    return VQARecord(id=str(i), images=("x.png",), question="q", options=dict(OPTIONS), answer=answer,
-                     modality=modality, question_type=question_type, source="test")
+def record(
+    i: int = 0, answer: str = SOLUTION, modality: str = "ct", question_type: str = "modality_recognition"
+):
+    return VQARecord(
+        id=str(i),
+        images=("x.png",),
+        question="q",
+        options=dict(OPTIONS),
+        answer=answer,
+        modality=modality,
+        question_type=question_type,
+        source="test",
+    )
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -52,13 +62,13 @@ def test_unknown_parser_names_the_valid_ones():
     with pytest.raises(ValueError, match=pattern):
         get_parser("medr2")
     with pytest.raises(ValueError, match=pattern):
-        score([record()], ["<answer>C</answer>"], WordCounter(), parser="medr2")
+        grade([record()], ["<answer>C</answer>"], WordCounter(), parser="medr2")
     with pytest.raises(ValueError, match=pattern):
         EvalAccumulator("medr2")
 
 
 def test_config_default_parser_is_robust():
-    from tests.conftest import compose_config
+    from tests.helpers.config import compose_config
 
     assert compose_config([]).eval.parser == "robust"
 
@@ -89,7 +99,7 @@ MATRIX = {
 def test_behaviour_matrix(completion):
     medr1, medvlm_r1, robust = MATRIX[completion]
     for parser, expected in (("medr1", medr1), ("medvlm_r1", medvlm_r1), ("robust", robust)):
-        [prediction] = score([record()], [completion], WordCounter(), parser=parser)
+        [prediction] = grade([record()], [completion], WordCounter(), parser=parser)
         assert prediction.correct is expected, parser
         assert is_correct(parser, completion, SOLUTION, OPTIONS) is expected, parser
     assert (upstream_medr1(completion) == SOLUTION) is medr1
@@ -121,8 +131,28 @@ def test_paper_parsers_return_the_captured_text(completion):
 
 
 def test_paper_parsers_match_upstream_on_random_strings():
-    fragments = ["<answer>", "</answer>", "<ANSWER>", "<think>r</think>", " ", "\n", "\t", "C", "c", "D", "CT",
-                 "(C)", "Z", "_", "1", "é", ".", "<", ">", "/"]
+    fragments = [
+        "<answer>",
+        "</answer>",
+        "<ANSWER>",
+        "<think>r</think>",
+        " ",
+        "\n",
+        "\t",
+        "C",
+        "c",
+        "D",
+        "CT",
+        "(C)",
+        "Z",
+        "_",
+        "1",
+        "é",
+        ".",
+        "<",
+        ">",
+        "/",
+    ]
     rng = random.Random(1)
 
     def some(count: int) -> str:
@@ -138,7 +168,10 @@ def test_paper_parsers_match_upstream_on_random_strings():
     medvlm_r1 = [upstream_medvlm_r1(completion) for completion in completions]
     assert [medr1_eval_parse(completion, OPTIONS) for completion in completions] == medr1
     assert [medvlm_r1_eval_parse(completion, OPTIONS) for completion in completions] == medvlm_r1
-    assert sum(value is not None for value in medr1) > 500 and sum(value is not None for value in medvlm_r1) > 100
+    assert (
+        sum(value is not None for value in medr1) > 500
+        and sum(value is not None for value in medvlm_r1) > 100
+    )
 
 
 # --- scoring and summaries with a parser -------------------------------------------------------
@@ -147,7 +180,7 @@ def test_paper_parsers_match_upstream_on_random_strings():
 def test_score_keeps_a_captured_word_and_counts_it_wrong():
     records = [record(0), record(1, "A"), record(2)]
     completions = ["<answer>CT</answer>", "<answer>A</answer>", "<answer>C</answer>"]
-    predictions = score(records, completions, WordCounter(), parser="medr1")
+    predictions = grade(records, completions, WordCounter(), parser="medr1")
     assert [p.parsed for p in predictions] == ["CT", "A", "C"]
     assert [p.correct for p in predictions] == [False, True, True]
     assert predictions[0].options == OPTIONS and predictions[0].to_json()["options"] == OPTIONS
@@ -157,7 +190,7 @@ def test_score_keeps_a_captured_word_and_counts_it_wrong():
 
 
 def test_score_default_parser_is_robust():
-    [prediction] = score([record()], ["<answer>(C)</answer>"], WordCounter())
+    [prediction] = grade([record()], ["<answer>(C)</answer>"], WordCounter())
     assert prediction.parsed == "C" and prediction.correct
 
 
@@ -170,7 +203,12 @@ COMPLETIONS = [  # (modality, question type, answer, completion)
     ("mri", "disease_diagnosis", "D", "<answer>Fluoroscopy</answer>"),
     ("xray", "disease_diagnosis", "A", "<answer></answer><answer>A</answer>"),
     ("xray", "disease_diagnosis", "A", "<answer>B</answer>"),
-    ("xray", "modality_recognition", "A", "<answer>a</answer><answer>A</answer>"),  # medr1 reads "a", medvlm "A"
+    (
+        "xray",
+        "modality_recognition",
+        "A",
+        "<answer>a</answer><answer>A</answer>",
+    ),  # medr1 reads "a", medvlm "A"
 ]
 
 
@@ -189,16 +227,25 @@ def by_hand(parser_regex: str | None) -> float:
 
 @pytest.mark.parametrize("parser", list(PARSERS))
 def test_summary_records_parser_and_accuracy_by_parser(parser):
-    records = [record(i, answer, modality, qtype) for i, (modality, qtype, answer, _) in enumerate(COMPLETIONS)]
+    records = [
+        record(i, answer, modality, qtype) for i, (modality, qtype, answer, _) in enumerate(COMPLETIONS)
+    ]
     completions = [completion for *_, completion in COMPLETIONS]
     accumulator = EvalAccumulator(parser)
-    predictions = score(records, completions, WordCounter(), parser=parser)
+    predictions = grade(records, completions, WordCounter(), parser=parser)
     accumulator.update(predictions[:3])
     accumulator.update(predictions[3:])
     summary = accumulator.summary()
-    expected = {"robust": by_hand(None), "medr1": by_hand(r"<answer>\s*(\w+)\s*</answer>"),
-                "medvlm_r1": by_hand(r"<answer>\s*([A-Z])\s*</answer>")}
-    assert expected == {"robust": 7 / 9, "medr1": 3 / 9, "medvlm_r1": 4 / 9}  # the cases tell the parsers apart
+    expected = {
+        "robust": by_hand(None),
+        "medr1": by_hand(r"<answer>\s*(\w+)\s*</answer>"),
+        "medvlm_r1": by_hand(r"<answer>\s*([A-Z])\s*</answer>"),
+    }
+    assert expected == {
+        "robust": 7 / 9,
+        "medr1": 3 / 9,
+        "medvlm_r1": 4 / 9,
+    }  # the cases tell the parsers apart
     assert summary["parser"] == parser
     assert summary["accuracy_by_parser"] == pytest.approx(expected)
     assert list(summary["accuracy_by_parser"]) == list(PARSERS)
@@ -206,13 +253,14 @@ def test_summary_records_parser_and_accuracy_by_parser(parser):
     ct = [p.correct for p in predictions if p.modality == "ct"]
     assert summary["by_modality"]["ct"] == pytest.approx(sum(ct) / len(ct))
     rows = [p.to_json() for p in predictions]
-    assert rescore(rows, parser) == {key: pytest.approx(summary[key]) for key in
-                                     ("accuracy", "n", "by_modality", "by_question_type")}
+    assert regrade(rows, parser) == {
+        key: pytest.approx(summary[key]) for key in ("accuracy", "n", "by_modality", "by_question_type")
+    }
 
 
 def test_rescore_without_options_works_for_the_paper_parsers_only():
     rows = [{"completion": c, "answer": a, "modality": m, "question_type": q} for m, q, a, c in COMPLETIONS]
-    assert rescore(rows, "medr1")["accuracy"] == pytest.approx(by_hand(r"<answer>\s*(\w+)\s*</answer>"))
-    assert rescore(rows, "medvlm_r1")["accuracy"] == pytest.approx(by_hand(r"<answer>\s*([A-Z])\s*</answer>"))
+    assert regrade(rows, "medr1")["accuracy"] == pytest.approx(by_hand(r"<answer>\s*(\w+)\s*</answer>"))
+    assert regrade(rows, "medvlm_r1")["accuracy"] == pytest.approx(by_hand(r"<answer>\s*([A-Z])\s*</answer>"))
     with pytest.raises(ValueError, match="robust parser needs the question's options"):
-        rescore(rows, "robust")
+        regrade(rows, "robust")

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from medr1.precision import autocast_for, check_trainable_precision, training_weight_dtype
 from medr1.train import train
-from tests.conftest import FAST, compose_config
+from tests.helpers.config import FAST, compose_config
 
 GPU_TRAINERS = ["gpu", "ddp", "fsdp", "deepspeed"]
 REAL_MODELS = ["qwen2_vl_2b", "qwen2_5_vl_3b"]
@@ -26,7 +26,9 @@ class StepProbe(Callback):
         if hasattr(self, "before"):
             return
         self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
-        self.had_grad = {n: p.grad.detach() != 0 for n, p in pl_module.named_parameters() if p.grad is not None}
+        self.had_grad = {
+            n: p.grad.detach() != 0 for n, p in pl_module.named_parameters() if p.grad is not None
+        }
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not hasattr(self, "before") or getattr(self, "done", False):
@@ -45,11 +47,20 @@ class StepProbe(Callback):
 def one_step(tmp_path, overrides: list[str]) -> dict:
     """One GRPO optimiser step at lr 1e-6 through train(); the probe's record of it."""
     StepProbe.results.clear()
-    cfg = compose_config(FAST + [
-        "trainer.max_steps=1", "trainer.val_check_interval=100", "algo.optimizer.lr=1e-6", "data.batch_size=8",
-        "+callbacks.probe._target_=test_precision.StepProbe", "checkpoint.every_n_steps=100",
-        "algo.max_completion_length=24", *overrides,
-    ], tmp_path)
+    cfg = compose_config(
+        FAST
+        + [
+            "trainer.max_steps=1",
+            "trainer.val_check_interval=100",
+            "algo.optimizer.lr=1e-6",
+            "data.batch_size=8",
+            "+callbacks.probe._target_=test_precision.StepProbe",
+            "checkpoint.every_n_steps=100",
+            "algo.max_completion_length=24",
+            *overrides,
+        ],
+        tmp_path,
+    )
     train(cfg)
     assert len(StepProbe.results) == 1
     result = StepProbe.results[0]
@@ -100,8 +111,10 @@ def test_one_step_at_lr_1e6_moves_every_weight_that_has_a_gradient(tmp_path, tra
 def test_bf16_weights_lose_most_lr_1e6_updates_and_need_an_explicit_opt_in(tmp_path):
     with pytest.raises(ValueError, match="allow_low_precision_weights"):
         one_step(tmp_path / "refused", cpu_overrides("gpu") + ["trainer.precision=bf16-true"])
-    result = one_step(tmp_path / "opted_in", cpu_overrides("gpu") + [
-        "trainer.precision=bf16-true", "model.allow_low_precision_weights=true"])
+    result = one_step(
+        tmp_path / "opted_in",
+        cpu_overrides("gpu") + ["trainer.precision=bf16-true", "model.allow_low_precision_weights=true"],
+    )
     assert result["dtypes"] == {torch.bfloat16}
     assert result["with_grad"] > 10_000
     assert result["changed"] / result["with_grad"] < 0.2  # the failure the fp32 configs avoid
@@ -128,7 +141,17 @@ def test_evaluation_autocast_follows_the_trainer_precision():
 def test_evaluation_only_run_under_a_gpu_trainer_config_evaluates_under_its_autocast(tmp_path):
     from medr1.evaluate import evaluate
 
-    cfg = compose_config(FAST + ["mode=eval", "eval.reuse=false", "trainer=gpu", "trainer.accelerator=cpu",
-                                 "trainer.devices=1", "model.dtype=bfloat16"], tmp_path)
+    cfg = compose_config(
+        FAST
+        + [
+            "mode=eval",
+            "eval.reuse=false",
+            "trainer=gpu",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "model.dtype=bfloat16",
+        ],
+        tmp_path,
+    )
     summary = evaluate(cfg)
     assert summary["n"] > 0

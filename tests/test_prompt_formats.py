@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medr1.builders import build_datamodule
 from medr1.data.batches import PromptBatch, PromptCollator, check_resize
 from medr1.data.prompts import (
     MEDR1_EVAL_NOTHINK,
@@ -19,8 +20,7 @@ from medr1.data.prompts import (
     target_text,
 )
 from medr1.models.loading import load_processor
-from medr1.setup import build_datamodule
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 from tests.test_prompts_and_batches import NOTHINK_TAIL, THINK_TAIL, record
 
 QUESTION = "What is shown? A) CT, B) MRI, T2, C) X-ray"  # the default layout
@@ -54,7 +54,9 @@ def test_medvlm_r1_template_and_option_layout_exactly():
     medvlm = prompt_group("prompt=medvlm_r1")
     assert medvlm == PromptFormat("medvlm_r1", "\n", "{letter}) {text}", "\n")
     # grpo.py:263-264: question + "\n" + "\n".join(f"{L}) {opt}")
-    assert prompt_text(record(), medvlm) == MEDVLM_R1.format(Question="What is shown?\nA) CT\nB) MRI, T2\nC) X-ray")
+    assert prompt_text(record(), medvlm) == MEDVLM_R1.format(
+        Question="What is shown?\nA) CT\nB) MRI, T2\nC) X-ray"
+    )
     with_reasoning = record(reasoning="T2 contrast.")
     assert target_text(with_reasoning, medvlm) == "<think>T2 contrast.</think>\n<answer> B </answer>"
 
@@ -69,8 +71,13 @@ def test_medr1_evaluation_templates_exactly():
         "{Question} Provide the correct single-letter choice (A, B, C, D,...) inside <answer>...</answer> tags."
     )
     assert MEDR1_EVAL_ZERO_SHOT == "{Question} Provide the correct single-letter choice (A, B, C, D,...)."
-    assert {"medr1_eval_think", "medr1_eval_nothink", "medr1_eval_zero_shot", "medvlm_r1"} <= set(NAMED_TEMPLATES)
-    assert prompt_text(record(), "medr1_eval_zero_shot") == QUESTION + " Provide the correct single-letter choice (A, B, C, D,...)."
+    assert {"medr1_eval_think", "medr1_eval_nothink", "medr1_eval_zero_shot", "medvlm_r1"} <= set(
+        NAMED_TEMPLATES
+    )
+    assert (
+        prompt_text(record(), "medr1_eval_zero_shot")
+        == QUESTION + " Provide the correct single-letter choice (A, B, C, D,...)."
+    )
 
 
 def test_bad_prompt_settings_are_errors_naming_the_key():
@@ -99,16 +106,27 @@ def user_turn(processor, batch) -> str:
 
 
 def test_evaluation_uses_eval_prompt_with_the_training_option_layout(processor):
-    cfg = compose_config(["data.source.size=5", "data.val_size=2", "data.eval_batch_size=2", "prompt=medvlm_r1",
-                          "eval.prompt=medr1_eval_nothink"])
+    cfg = compose_config(
+        [
+            "data.source.size=5",
+            "data.val_size=2",
+            "data.eval_batch_size=2",
+            "prompt=medvlm_r1",
+            "eval.prompt=medr1_eval_nothink",
+        ]
+    )
     datamodule = build_datamodule(cfg, processor)
     datamodule.setup()
     assert datamodule.train_collator.prompt == PromptFormat("medvlm_r1", "\n", "{letter}) {text}", "\n")
-    assert datamodule.eval_collator.prompt == PromptFormat("medr1_eval_nothink", "\n", "{letter}) {text}", "\n")
+    assert datamodule.eval_collator.prompt == PromptFormat(
+        "medr1_eval_nothink", "\n", "{letter}) {text}", "\n"
+    )
     for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
         batch = next(iter(loader))
         expected = prompt_text(batch.records[0], datamodule.eval_collator.prompt)
-        assert expected.startswith(batch.records[0].question + "\nA) ") and expected in user_turn(processor, batch)
+        assert expected.startswith(batch.records[0].question + "\nA) ") and expected in user_turn(
+            processor, batch
+        )
     batch = next(iter(datamodule.train_dataloader()))
     assert "Your task: \n        1. Think" in user_turn(processor, batch)
     # eval.prompt: null = the training prompt
@@ -127,8 +145,15 @@ def test_collator_accepts_a_prompt_group_or_a_template_name(processor, synthetic
 def test_resize_reaches_the_processor_as_med_r1s_196_image_tokens(processor):
     """Med-R1's 384x384 images become 392x392 under Qwen2-VL's smart_resize (max_pixels 401408):
     a 28x28 patch grid, 784 patches / (2x2 merge) = 196 image tokens, in every split."""
-    cfg = compose_config(["data.source.size=5", "data.val_size=2", "data.eval_batch_size=2", "data.batch_size=2",
-                          "data.resize=384"])
+    cfg = compose_config(
+        [
+            "data.source.size=5",
+            "data.val_size=2",
+            "data.eval_batch_size=2",
+            "data.batch_size=2",
+            "data.resize=384",
+        ]
+    )
     assert cfg.model.max_pixels == 401408 and cfg.data.source.image_size == 56
     datamodule = build_datamodule(cfg, processor)
     datamodule.setup()
@@ -138,7 +163,9 @@ def test_resize_reaches_the_processor_as_med_r1s_196_image_tokens(processor):
         assert batch.model_inputs["image_grid_thw"].tolist() == [[1, 28, 28]] * 2
         assert ((batch.model_inputs["input_ids"] == image_pad).sum(1) == 196).all()
     plain = build_datamodule(compose_config(["data.source.size=5"]), processor)  # data.resize: null
-    assert plain.eval_collator(datamodule.test_records[:1]).model_inputs["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert plain.eval_collator(datamodule.test_records[:1]).model_inputs["image_grid_thw"].tolist() == [
+        [1, 4, 4]
+    ]
 
 
 @pytest.mark.parametrize("size", [0, -384, 384.0, "384", True])
@@ -153,11 +180,13 @@ def test_prompt_batch_survives_lightning_bf16_conversion_with_records_intact(pro
     from lightning_utilities import apply_to_collection
 
     batch = PromptCollator(processor, "think", with_targets=True)(synthetic_splits.train[:2])
-    batch.extra["note"] = "kept"
     to_bf16 = lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t  # noqa: E731
-    for converted in (apply_to_collection(batch, torch.Tensor, to_bf16), HalfPrecision("bf16-true").convert_input(batch)):
+    for converted in (
+        apply_to_collection(batch, torch.Tensor, to_bf16),
+        HalfPrecision("bf16-true").convert_input(batch),
+    ):
         assert isinstance(converted, PromptBatch) and converted is not batch
-        assert converted.records is batch.records and converted.extra is batch.extra  # passengers, untouched
+        assert converted.records is batch.records  # the passenger, untouched
         assert converted.model_inputs["pixel_values"].dtype == torch.bfloat16
         assert converted.model_inputs["input_ids"].dtype == torch.long
         assert torch.equal(converted.target_ids, batch.target_ids)

@@ -10,19 +10,30 @@ from medr1.data.datamodule import VQADataModule, select_training, stratified_sub
 from medr1.data.prompts import chat_messages, prompt_text, target_text
 from medr1.data.records import BadRecordError, VQARecord
 from medr1.models.loading import load_processor
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 
-THINK_TAIL = (" Your task: 1. Think through the question step by step, enclose your reasoning process in "
-              "<think>...</think> tags. 2. Then provide the correct single-letter choice (A, B, C, D,...) inside "
-              "<answer>...</answer> tags. 3. No extra information or text outside of these tags.")
-NOTHINK_TAIL = (" Your task: 1. Provide the correct single-letter choice (A, B, C, D,...) inside <answer>...</answer> "
-                "tags. 2. No extra information or text outside of this tag.")
+THINK_TAIL = (
+    " Your task: 1. Think through the question step by step, enclose your reasoning process in "
+    "<think>...</think> tags. 2. Then provide the correct single-letter choice (A, B, C, D,...) inside "
+    "<answer>...</answer> tags. 3. No extra information or text outside of these tags."
+)
+NOTHINK_TAIL = (
+    " Your task: 1. Provide the correct single-letter choice (A, B, C, D,...) inside <answer>...</answer> "
+    "tags. 2. No extra information or text outside of this tag."
+)
 
 
 def record(**changes) -> VQARecord:
-    fields = dict(id="r1", images=("/nonexistent.png",), question="What is shown?",
-                  options={"A": "CT", "B": "MRI, T2", "C": "X-ray"}, answer="B", modality="mri",
-                  question_type="modality_recognition", source="test")
+    fields = dict(
+        id="r1",
+        images=("/nonexistent.png",),
+        question="What is shown?",
+        options={"A": "CT", "B": "MRI, T2", "C": "X-ray"},
+        answer="B",
+        modality="mri",
+        question_type="modality_recognition",
+        source="test",
+    )
     return VQARecord(**(fields | changes))
 
 
@@ -36,9 +47,14 @@ def test_med_r1_templates_exactly():
 
 
 def test_sft_target_uses_reasoning_only_with_the_think_prompt():
-    assert target_text(record(), "think") == "<answer> B </answer>"  # no "None" reasoning (Med-R1's SFT defect)
+    assert (
+        target_text(record(), "think") == "<answer> B </answer>"
+    )  # no "None" reasoning (Med-R1's SFT defect)
     with_reasoning = record(reasoning="The scan shows T2 contrast.")
-    assert target_text(with_reasoning, "think") == "<think>The scan shows T2 contrast.</think>\n<answer> B </answer>"
+    assert (
+        target_text(with_reasoning, "think")
+        == "<think>The scan shows T2 contrast.</think>\n<answer> B </answer>"
+    )
     assert target_text(with_reasoning, "nothink") == "<answer> B </answer>"
 
 
@@ -83,13 +99,28 @@ def test_training_filters_select_train_only_and_evaluation_covers_everything(pro
     from hydra.utils import instantiate
 
     source = instantiate(compose_config(["data.source.size=5"]).data.source)
-    datamodule = VQADataModule(source=source, processor=processor, prompt="think", train_modality="ct",
-                               train_question_type="lesion_grading", val_size=10)
+    datamodule = VQADataModule(
+        source=source,
+        processor=processor,
+        prompt="think",
+        train_modality="ct",
+        train_question_type="lesion_grading",
+        val_size=10,
+    )
     datamodule.setup()
-    assert datamodule.train_records and all(r.modality == "ct" and r.question_type == "lesion_grading"
-                                            for r in datamodule.train_records)
-    assert {r.modality for r in datamodule.test_records} == {"ct", "mri", "xray", "ultrasound", "dermoscopy",
-                                                            "fundus", "oct", "microscopy"}
+    assert datamodule.train_records and all(
+        r.modality == "ct" and r.question_type == "lesion_grading" for r in datamodule.train_records
+    )
+    assert {r.modality for r in datamodule.test_records} == {
+        "ct",
+        "mri",
+        "xray",
+        "ultrasound",
+        "dermoscopy",
+        "fundus",
+        "oct",
+        "microscopy",
+    }
     assert len({r.question_type for r in datamodule.test_records}) == 5
     assert len(datamodule.val_records) == 10
     assert not {r.id for r in datamodule.train_records} & {r.id for r in datamodule.test_records}

@@ -230,7 +230,12 @@ def test_base_row_prefers_a_duplicate_that_finished(tmp_path: Path):
 
 def test_base_runs_with_different_prompts_keep_their_own_rows_and_deltas(tmp_path: Path):
     """think_vs_nothink: `mode=eval,train x prompt=think,nothink` makes two different base evaluations."""
-    accuracy = {("eval", "think"): 0.30, ("eval", "nothink"): 0.15, ("train", "think"): 0.50, ("train", "nothink"): 0.35}
+    accuracy = {
+        ("eval", "think"): 0.30,
+        ("eval", "nothink"): 0.15,
+        ("train", "think"): 0.50,
+        ("train", "nothink"): 0.35,
+    }
     for job, (mode, prompt) in enumerate(accuracy):
         overrides = ["experiment=think_vs_nothink", f"mode={mode}", f"prompt={prompt}", "++algo.beta=0.04"]
         summary = make_summary(BASE, accuracy=accuracy[mode, prompt])
@@ -247,9 +252,21 @@ def test_base_runs_with_different_prompts_keep_their_own_rows_and_deltas(tmp_pat
 def test_base_runs_differing_only_in_training_settings_fold(tmp_path: Path):
     """sft_vs_rl: `mode=eval,train x algo=sft,grpo` evaluates the same base model twice."""
     for job, algo in enumerate(["sft", "grpo"]):
-        overrides = ["experiment=sft_vs_rl", "mode=eval", f"algo={algo}", f"reward=r{job}", "trainer.max_steps=5"]
+        overrides = [
+            "experiment=sft_vs_rl",
+            "mode=eval",
+            f"algo={algo}",
+            f"reward=r{job}",
+            "trainer.max_steps=5",
+        ]
         write_run(tmp_path, str(job), mode="eval", algo=algo, overrides=overrides, summary=make_summary(BASE))
-    write_run(tmp_path, "2", mode="eval", overrides=["mode=eval", "eval.max_new_tokens=8"], summary=make_summary(BASE))
+    write_run(
+        tmp_path,
+        "2",
+        mode="eval",
+        overrides=["mode=eval", "eval.max_new_tokens=8"],
+        summary=make_summary(BASE),
+    )
     table = build_report(tmp_path).comparison
     assert [row[0] for row in table.rows] == ["base: experiment=sft_vs_rl", "base: eval.max_new_tokens=8"]
     assert any("1 duplicate base-model run(s) folded (1); showing 0" in note for note in table.notes)
@@ -521,19 +538,31 @@ def read_predictions(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
 
 
-def write_evaluated_run(sweep: Path, relative: str, key: str, *, parser: str = "robust", options: bool = True,
-                        **run) -> Path:
+def write_evaluated_run(
+    sweep: Path, relative: str, key: str, *, parser: str = "robust", options: bool = True, **run
+) -> Path:
     """A run whose summary.json is what `parser` makes of its predictions.jsonl, as medr1 writes them."""
     rows = [
-        {"id": str(i), "modality": m, "question_type": q, "completion": c, "answer": a, "parsed": None,
-         "correct": None, "follows_format": False, "reasoning_tokens": 0}
+        {
+            "id": str(i),
+            "modality": m,
+            "question_type": q,
+            "completion": c,
+            "answer": a,
+            "parsed": None,
+            "correct": None,
+            "follows_format": False,
+            "reasoning_tokens": 0,
+        }
         | ({"options": PARSER_OPTIONS} if options else {})
         for i, (m, q, a, c) in enumerate(PREDICTIONS[key])
     ]
     full = [row | {"options": PARSER_OPTIONS} for row in rows]
     accuracy, by_modality = accuracies_by_hand(full, parser)
     by_parser = {name: accuracies_by_hand(full, name)[0] for name in ("robust", "medr1", "medvlm_r1")}
-    summary = make_summary(by_modality, accuracy=accuracy, n=len(rows), parser=parser, accuracy_by_parser=by_parser)
+    summary = make_summary(
+        by_modality, accuracy=accuracy, n=len(rows), parser=parser, accuracy_by_parser=by_parser
+    )
     run_dir = write_run(sweep, relative, summary=summary, **run)
     (run_dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return run_dir
@@ -548,8 +577,11 @@ def evaluated(tmp_path: Path) -> Path:
 
 
 def test_the_cases_tell_the_parsers_apart():
-    rows = [{"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
-            for key in PREDICTIONS for m, _, a, c in PREDICTIONS[key]]
+    rows = [
+        {"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
+        for key in PREDICTIONS
+        for m, _, a, c in PREDICTIONS[key]
+    ]
     overall = {parser: accuracies_by_hand(rows, parser)[0] for parser in ("robust", "medr1", "medvlm_r1")}
     assert len(set(overall.values())) == 3, overall
 
@@ -576,8 +608,10 @@ def test_default_reads_each_run_as_recorded_and_warns_when_parsers_differ(evalua
     overall = rows_by_label(result.modality_matrix)
     column = result.modality_matrix.columns.index("overall")
     for label, key, parser in (("base", "base", "medr1"), ("ct", "ct", "robust")):
-        rows = [{"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
-                for m, _, a, c in PREDICTIONS[key]]
+        rows = [
+            {"completion": c, "answer": a, "modality": m, "options": PARSER_OPTIONS}
+            for m, _, a, c in PREDICTIONS[key]
+        ]
         assert overall[label][column] == pytest.approx(accuracies_by_hand(rows, parser)[0])
     assert any("different parsers (medr1, robust)" in note for note in result.comparison.notes)
 
@@ -586,7 +620,9 @@ def test_old_predictions_without_options_only_rescore_with_the_paper_parsers(tmp
     write_evaluated_run(tmp_path, "0", "ct", parser="medvlm_r1", options=False, modality="ct")
     rows = [{"completion": c, "answer": a, "modality": m} for m, _, a, c in PREDICTIONS["ct"]]
     table = build_report(tmp_path, use_wandb=False, parser="medr1").modality_matrix
-    assert table.rows[0][table.columns.index("overall")] == pytest.approx(accuracies_by_hand(rows, "medr1")[0])
+    assert table.rows[0][table.columns.index("overall")] == pytest.approx(
+        accuracies_by_hand(rows, "medr1")[0]
+    )
     row = build_report(tmp_path, use_wandb=False, parser="robust").modality_matrix.rows[0]
     assert row[1] is None and "options" in row[-1] and "--parser medr1 or medvlm_r1" in row[-1]
 

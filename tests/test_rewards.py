@@ -181,13 +181,35 @@ def _upstream_nothink_format(content: str) -> float:
 
 
 def test_medr1_nothink_format_reward_matches_upstream_on_random_strings():
-    fragments = ["<answer>", "</answer>", "<think>", "</think>", "<ANSWER>", "<answer", "answer>", "</",
-                 " ", "  ", "\n", "\t", "C", "c", "D", "(C)", "x", "<", ">", "/"]
+    fragments = [
+        "<answer>",
+        "</answer>",
+        "<think>",
+        "</think>",
+        "<ANSWER>",
+        "<answer",
+        "answer>",
+        "</",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "C",
+        "c",
+        "D",
+        "(C)",
+        "x",
+        "<",
+        ">",
+        "/",
+    ]
     heads = ["", " ", "\n  ", "x", "<think>r</think>", "<answer>", "<answer>", " <answer>", "\n<answer>"]
     tails = ["", "</answer>", "</answer>", "</answer> ", "</answer>\n", "</answer><answer>D</answer>", "x"]
     rng = random.Random(0)
     completions = [
-        rng.choice(heads) + "".join(rng.choice(fragments) for _ in range(rng.randint(0, 6))) + rng.choice(tails)
+        rng.choice(heads)
+        + "".join(rng.choice(fragments) for _ in range(rng.randint(0, 6)))
+        + rng.choice(tails)
         for _ in range(4000)
     ]
     expected = [_upstream_nothink_format(completion) for completion in completions]
@@ -231,7 +253,7 @@ def test_preset_files_build_and_weight_their_parts(preset):
     assert cfg.name == preset
     cfg.weights.format, cfg.weights.accuracy = 0.5, 2.0
     model = build_reward(cfg)
-    assert model.part_names == ["format", "accuracy"]
+    assert list(model.functions) == ["format", "accuracy"]
 
     output = model(BATCH, **_fields(len(BATCH)))
     format_function, accuracy_function = (getattr(rewards, name) for name in PRESET_PARTS[preset])

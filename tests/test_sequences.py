@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from medr1.data.batches import PromptCollator
-from medr1.evaluation import Generator
-from medr1.models.build import VISION_TOKENS
+from medr1.logprobs import completion_logprobs
 from medr1.models.loading import load_model, load_processor
-from medr1.rl.sequences import SamplingConfig, completion_logprobs, filter_logits
-from tests.conftest import compose_config
+from medr1.models.qwen2_vl import VISION_TOKENS
+from medr1.rollout import Sampler, SamplingConfig, filter_logits
+from tests.helpers.config import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,9 @@ def setup(tiny_base_path, synthetic_splits):
     processor = load_processor(cfg.model, tiny_base_path)
     model = load_model(cfg.model, tiny_base_path).eval()
     # records of different prompt lengths so left padding is exercised
-    records = sorted(synthetic_splits.train, key=lambda r: len(r.question) + sum(map(len, r.options.values())))
+    records = sorted(
+        synthetic_splits.train, key=lambda r: len(r.question) + sum(map(len, r.options.values()))
+    )
     batch = PromptCollator(processor, "think")([records[0], records[-1], records[len(records) // 2]])
     assert batch.model_inputs["attention_mask"].min() == 0, "fixture must contain left padding"
     return model, processor, batch
@@ -28,14 +30,23 @@ def setup(tiny_base_path, synthetic_splits):
 def test_shared_prompt_logprobs_and_gradients_equal_repeated_prompts(setup):
     model, processor, batch = setup
     torch.manual_seed(0)
-    generator = Generator.for_model(model, processor)
-    ids, mask, _ = generator.complete(model, batch, SamplingConfig(max_new_tokens=12, temperature=1.5), num_generations=3)
+    sampler = Sampler.for_model(model, processor)
+    ids, mask, _ = sampler.complete(
+        model, batch, SamplingConfig(max_new_tokens=12, temperature=1.5), num_generations=3
+    )
     grads = []
     results = []
     for shared in (True, False):
         model.zero_grad()
-        scores = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=3, shared_prompt=shared,
-                                     images_per_prompt=batch.images_per_prompt)
+        scores = completion_logprobs(
+            model,
+            batch.model_inputs,
+            ids,
+            mask,
+            num_generations=3,
+            shared_prompt=shared,
+            images_per_prompt=batch.images_per_prompt,
+        )
         ((scores.logprobs * mask).sum()).backward()
         results.append(scores.logprobs.detach())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
@@ -47,12 +58,17 @@ def test_shared_prompt_logprobs_and_gradients_equal_repeated_prompts(setup):
 
 def test_greedy_sampling_matches_transformers_generate(setup):
     model, processor, batch = setup
-    generator = Generator.for_model(model, processor)
-    ids, mask, _ = generator.complete(model, batch, SamplingConfig(max_new_tokens=10, do_sample=False))
-    reference = model.generate(**batch.model_inputs, max_new_tokens=10, do_sample=False,
-                               suppress_tokens=generator.banned_ids, eos_token_id=generator.stop_ids,
-                               pad_token_id=generator.pad_id)
-    reference = reference[:, batch.model_inputs["input_ids"].shape[1]:]
+    sampler = Sampler.for_model(model, processor)
+    ids, mask, _ = sampler.complete(model, batch, SamplingConfig(max_new_tokens=10, do_sample=False))
+    reference = model.generate(
+        **batch.model_inputs,
+        max_new_tokens=10,
+        do_sample=False,
+        suppress_tokens=sampler.banned_ids,
+        eos_token_id=sampler.stop_ids,
+        pad_token_id=sampler.pad_id,
+    )
+    reference = reference[:, batch.model_inputs["input_ids"].shape[1] :]
     for row, row_mask, expected in zip(ids, mask, reference, strict=True):
         produced = row[row_mask.bool()].tolist()
         assert produced == expected[: len(produced)].tolist()
@@ -61,45 +77,52 @@ def test_greedy_sampling_matches_transformers_generate(setup):
 def test_sampled_logprobs_are_the_sampling_distribution(setup):
     """The scored log-prob of a greedy token is the max of the model's next-token distribution."""
     model, processor, batch = setup
-    generator = Generator.for_model(model, processor)
-    ids, mask, _ = generator.complete(model, batch, SamplingConfig(max_new_tokens=6, do_sample=False))
+    sampler = Sampler.for_model(model, processor)
+    ids, mask, _ = sampler.complete(model, batch, SamplingConfig(max_new_tokens=6, do_sample=False))
     with torch.no_grad():
         scores = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=1)
     first = model(**batch.model_inputs).logits[:, -1].log_softmax(-1)
-    banned = torch.tensor(generator.banned_ids)
+    banned = torch.tensor(sampler.banned_ids)
     first[:, banned] = float("-inf")
     assert torch.allclose(scores.logprobs[:, 0], first.max(-1).values, atol=1e-5)
 
 
 def test_vision_tokens_are_never_sampled(setup):
     model, processor, batch = setup
-    generator = Generator.for_model(model, processor)
+    sampler = Sampler.for_model(model, processor)
     banned = {processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
-    assert banned == set(generator.banned_ids)
+    assert banned == set(sampler.banned_ids)
     torch.manual_seed(0)
-    ids, mask, _ = generator.complete(model, batch, SamplingConfig(max_new_tokens=24, temperature=3.0), num_generations=8)
+    ids, mask, _ = sampler.complete(
+        model, batch, SamplingConfig(max_new_tokens=24, temperature=3.0), num_generations=8
+    )
     sampled = set(ids[mask.bool()].tolist())
     assert not sampled & banned
     # and without the ban this random model does produce them, so the test can fail
     logits = torch.zeros(1, 10)
-    assert torch.isinf(filter_logits(logits, SamplingConfig(max_new_tokens=1), torch.tensor([3, 5])))[0, [3, 5]].all()
+    assert torch.isinf(filter_logits(logits, SamplingConfig(max_new_tokens=1), torch.tensor([3, 5])))[
+        0, [3, 5]
+    ].all()
 
 
 def test_gradient_checkpointing_scores_the_same_without_a_cache(setup):
     """Checkpointed models cannot keep a KV cache; scoring falls back to full sequences, same values."""
     model, processor, batch = setup
     torch.manual_seed(1)
-    ids, mask, _ = Generator.for_model(model, processor).complete(model, batch, SamplingConfig(max_new_tokens=8), num_generations=2)
+    ids, mask, _ = Sampler.for_model(model, processor).complete(
+        model, batch, SamplingConfig(max_new_tokens=8), num_generations=2
+    )
     with torch.no_grad():
         expected = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=2).logprobs
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     try:
-        scores = completion_logprobs(model, batch.model_inputs, ids, mask, num_generations=2,
-                                     images_per_prompt=batch.images_per_prompt)
+        scores = completion_logprobs(
+            model, batch.model_inputs, ids, mask, num_generations=2, images_per_prompt=batch.images_per_prompt
+        )
         (scores.logprobs * mask).sum().backward()
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
         model.eval()
         model.zero_grad()
     assert torch.allclose(scores.logprobs.detach()[mask.bool()], expected[mask.bool()], atol=1e-5)

@@ -11,23 +11,41 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
-TINY_BUDGET = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=100", "data.val_size=4",
-               "data.batch_size=2", "data.source.size=5", "++algo.num_generations=2", "algo.max_completion_length=24",
-               "eval.before_training=false", "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=100"]
+TINY_BUDGET = [
+    "logger=csv",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=100",
+    "data.val_size=4",
+    "data.batch_size=2",
+    "data.source.size=5",
+    "++algo.num_generations=2",
+    "algo.max_completion_length=24",
+    "eval.before_training=false",
+    "trainer.enable_progress_bar=false",
+    "checkpoint.every_n_steps=100",
+]
 
 
 def run_py(args: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
-    return {str(p.parent.parent.relative_to(sweep_dir)): json.loads(p.read_text())
-            for p in sorted(sweep_dir.glob("*/eval/summary.json"))}
+    return {
+        str(p.parent.parent.relative_to(sweep_dir)): json.loads(p.read_text())
+        for p in sorted(sweep_dir.glob("*/eval/summary.json"))
+    }
 
 
 def test_modality_sweep_trains_each_modality_and_evaluates_every_modality(tmp_path):
@@ -46,7 +64,9 @@ def test_modality_sweep_trains_each_modality_and_evaluates_every_modality(tmp_pa
         rows = {row["train"]: row for row in csv.DictReader(f)}
     assert set(rows) == {"ct", "mri"}
     for name, summary in runs.items():
-        trained_on = "ct" if "modality=ct" in (sweep / name / ".hydra" / "overrides.yaml").read_text() else "mri"
+        trained_on = (
+            "ct" if "modality=ct" in (sweep / name / ".hydra" / "overrides.yaml").read_text() else "mri"
+        )
         row = rows[trained_on]
         for modality, accuracy in summary["by_modality"].items():
             assert float(row[modality]) == pytest.approx(accuracy)  # every cell is the run's own number
@@ -58,8 +78,18 @@ def test_modality_sweep_trains_each_modality_and_evaluates_every_modality(tmp_pa
 @pytest.mark.slow
 def test_sft_vs_rl_study_scaled_down(tmp_path):
     sweep = tmp_path / "sft_vs_rl"
-    run_py(["-m", "experiment=sft_vs_rl", "model=tiny", "data=synthetic", "trainer=cpu", "model.path=null",
-            f"hydra.sweep.dir={sweep}", *TINY_BUDGET])
+    run_py(
+        [
+            "-m",
+            "experiment=sft_vs_rl",
+            "model=tiny",
+            "data=synthetic",
+            "trainer=cpu",
+            "model.path=null",
+            f"hydra.sweep.dir={sweep}",
+            *TINY_BUDGET,
+        ]
+    )
     runs = summaries(sweep)
     assert len(runs) == 4  # (eval, train) x (sft, grpo)
     from medr1.report import build_report

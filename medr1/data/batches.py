@@ -21,9 +21,9 @@ from medr1.data.records import BadRecordError, VQARecord
 
 @dataclass
 class PromptBatch:
-    """A collated batch. `records` and `extra` are passengers that only `fields()` and callers read.
+    """A collated batch. `records` is a passenger that only `fields()` and callers read.
 
-    They are init=False fields (hence the explicit __init__): Lightning's precision plugins (e.g.
+    It is an init=False field (hence the explicit __init__): Lightning's precision plugins (e.g.
     bf16-true) convert batches with `lightning_utilities.apply_to_collection`, which rebuilds every
     init field of a dataclass, element by element, and raises on a frozen dataclass such as a
     VQARecord; it keeps init=False fields as they are (the same objects), as `.to` does.
@@ -34,14 +34,17 @@ class PromptBatch:
     target_ids: torch.Tensor | None = None  # [B, T] SFT targets as completions (right-padded)
     target_mask: torch.Tensor | None = None  # [B, T] 1 on target tokens
     records: list[VQARecord] = field(init=False)
-    extra: dict = field(init=False)
 
-    def __init__(self, records: list[VQARecord], model_inputs: dict[str, torch.Tensor], images_per_prompt: torch.Tensor,
-                 target_ids: torch.Tensor | None = None, target_mask: torch.Tensor | None = None,
-                 extra: dict | None = None):
+    def __init__(
+        self,
+        records: list[VQARecord],
+        model_inputs: dict[str, torch.Tensor],
+        images_per_prompt: torch.Tensor,
+        target_ids: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+    ):
         self.records, self.model_inputs, self.images_per_prompt = records, model_inputs, images_per_prompt
         self.target_ids, self.target_mask = target_ids, target_mask
-        self.extra = {} if extra is None else extra
 
     def __len__(self) -> int:
         return len(self.records)
@@ -55,7 +58,6 @@ class PromptBatch:
             images_per_prompt=self.images_per_prompt,
             target_ids=move(self.target_ids),
             target_mask=move(self.target_mask),
-            extra=self.extra,
         )
 
     def fields(self) -> dict[str, list]:
@@ -98,8 +100,15 @@ class PromptCollator:
     `prompt` is a PromptFormat, a `prompt` config group or a bare template name; `resize` is
     `data.resize` (None: images keep their size, the processor then applies its pixel budget)."""
 
-    def __init__(self, processor, prompt: PromptFormat | str | Mapping, *, with_targets: bool = False,
-                 max_prompt_length: int | None = None, resize: int | None = None):
+    def __init__(
+        self,
+        processor,
+        prompt: PromptFormat | str | Mapping,
+        *,
+        with_targets: bool = False,
+        max_prompt_length: int | None = None,
+        resize: int | None = None,
+    ):
         self.processor = processor
         self.prompt = PromptFormat.from_config(prompt)
         self.with_targets = with_targets
@@ -108,7 +117,9 @@ class PromptCollator:
 
     def __call__(self, records: list[VQARecord]) -> PromptBatch:
         texts = [
-            self.processor.apply_chat_template(chat_messages(r, self.prompt), add_generation_prompt=True, tokenize=False)
+            self.processor.apply_chat_template(
+                chat_messages(r, self.prompt), add_generation_prompt=True, tokenize=False
+            )
             for r in records
         ]
         images = [load_image(path, r, self.resize) for r in records for path in r.images]
@@ -132,7 +143,8 @@ class PromptCollator:
         for record, length in zip(records, lengths.tolist(), strict=True):
             if length > self.max_prompt_length:
                 raise BadRecordError(
-                    record.images[0], record.id,
+                    record.images[0],
+                    record.id,
                     f"prompt is {length} tokens, above algo.max_prompt_length={self.max_prompt_length}; "
                     "raise it or lower model.max_pixels (image tokens are most of a prompt) — prompts are "
                     "never truncated, since cutting image tokens breaks the model",
@@ -142,7 +154,10 @@ class PromptCollator:
         """Target text + <|im_end|> as right-padded completion ids [B, T] and mask [B, T]."""
         tokenizer = self.processor.tokenizer
         end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        rows = [tokenizer(target_text(r, self.prompt), add_special_tokens=False)["input_ids"] + [end_id] for r in records]
+        rows = [
+            tokenizer(target_text(r, self.prompt), add_special_tokens=False)["input_ids"] + [end_id]
+            for r in records
+        ]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

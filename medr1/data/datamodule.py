@@ -32,12 +32,17 @@ log = logging.getLogger(__name__)
 
 def select_training(records: list[VQARecord], modality: str, question_type: str) -> list[VQARecord]:
     """Training records of `modality` and `question_type` ("all" keeps everything)."""
-    for value, known, what in ((modality, MODALITIES, "modality"), (question_type, QUESTION_TYPES, "question_type")):
+    for value, known, what in (
+        (modality, MODALITIES, "modality"),
+        (question_type, QUESTION_TYPES, "question_type"),
+    ):
         if value != "all" and value not in known:
             raise ValueError(f"{what}={value!r} is unknown; choose all or one of {', '.join(known)}")
     chosen = [
-        r for r in records
-        if (modality == "all" or r.modality == modality) and (question_type == "all" or r.question_type == question_type)
+        r
+        for r in records
+        if (modality == "all" or r.modality == modality)
+        and (question_type == "all" or r.question_type == question_type)
     ]
     if not chosen:
         present = sorted({(r.modality, r.question_type) for r in records})
@@ -135,12 +140,21 @@ class VQADataModule(L.LightningDataModule):
         self.source = source
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.train_modality, self.train_question_type = train_modality, train_question_type
-        self.max_train_samples, self.max_test_per_modality, self.val_size = max_train_samples, max_test_per_modality, val_size
+        self.max_train_samples, self.max_test_per_modality, self.val_size = (
+            max_train_samples,
+            max_test_per_modality,
+            val_size,
+        )
         self.seed = seed
         self.prompt = PromptFormat.from_config(prompt)
         self.eval_prompt = self.prompt.with_template(eval_prompt)
-        self.train_collator = PromptCollator(processor, self.prompt, with_targets=with_targets,
-                                             max_prompt_length=max_prompt_length, resize=resize)
+        self.train_collator = PromptCollator(
+            processor,
+            self.prompt,
+            with_targets=with_targets,
+            max_prompt_length=max_prompt_length,
+            resize=resize,
+        )
         self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, resize=resize)
         self.splits: Splits | None = None
         self.train_records: list[VQARecord] = []
@@ -158,18 +172,31 @@ class VQADataModule(L.LightningDataModule):
         self.val_records = stratified_subset(self.test_records, self.val_size, self.seed)
         log.info(
             "data: %d training records (modality=%s, question_type=%s), %d test, %d validation, %d bad records skipped",
-            len(self.train_records), self.train_modality, self.train_question_type,
-            len(self.test_records), len(self.val_records), self.splits.skipped,
+            len(self.train_records),
+            self.train_modality,
+            self.train_question_type,
+            len(self.test_records),
+            len(self.val_records),
+            self.splits.skipped,
         )
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochSampler(len(self.train_records), self.batch_size, self.seed, self._training_position,
-                               num_replicas=world, rank=rank)
+        sampler = EpochSampler(
+            len(self.train_records),
+            self.batch_size,
+            self.seed,
+            self._training_position,
+            num_replicas=world,
+            rank=rank,
+        )
         return DataLoader(
-            self.train_records, batch_size=self.batch_size, sampler=sampler,
-            drop_last=len(self.train_records) >= self.batch_size, collate_fn=self.train_collator,
+            self.train_records,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=len(self.train_records) >= self.batch_size,
+            collate_fn=self.train_collator,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
@@ -190,5 +217,10 @@ class VQADataModule(L.LightningDataModule):
         return self._eval_loader(self.test_records)
 
     def _eval_loader(self, records: list[VQARecord]) -> DataLoader:
-        return DataLoader(records, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.eval_collator,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            records,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.eval_collator,
+            num_workers=self.num_workers,
+        )

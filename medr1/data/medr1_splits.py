@@ -31,7 +31,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medr1.data.names import canonical_modality, canonical_question_type
-from medr1.data.omnimedvqa import clean_text, usable_image
 from medr1.data.records import (
     FILE_RECORD_ID,
     LETTERS,
@@ -40,7 +39,9 @@ from medr1.data.records import (
     SkipCounter,
     Splits,
     VQARecord,
+    clean_text,
     read_json_list,
+    usable_image,
 )
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medr1.data.names import canonical_modality
-from medr1.data.omnimedvqa import OmniMedVQA, answer_letter, clean_text, known_name, usable_image
+from medr1.data.omnimedvqa import OmniMedVQA
 from medr1.data.records import (
     FILE_RECORD_ID,
     LETTERS,
@@ -66,7 +66,11 @@ from medr1.data.records import (
     SkipCounter,
     Splits,
     VQARecord,
+    answer_letter,
+    clean_text,
+    known_name,
     read_json_list,
+    usable_image,
 )
 
 log = logging.getLogger(__name__)

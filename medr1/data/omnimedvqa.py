@@ -37,8 +37,11 @@ from medr1.data.records import (
     SkipCounter,
     Splits,
     VQARecord,
+    answer_letter,
+    clean_text,
+    known_name,
     read_json_list,
-    resolve_under_root,
+    usable_image,
 )
 from medr1.data.split import split_by_group
 
@@ -168,14 +171,6 @@ def omnimedvqa_record(item: object, index: int, file: Path, root: Path, checker:
     return record
 
 
-def clean_text(value: object) -> str | None:
-    """A field as stripped text; None when absent or empty. Numbers become text (some options are)."""
-    if value is None or isinstance(value, (dict, list)):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
 def options_from_fields(item: dict) -> dict[str, str]:
     """Options from option_A, option_B, ...; empty trailing ones are dropped, a gap is an error."""
     texts = {letter: clean_text(item.get(f"option_{letter}")) for letter in LETTERS}
@@ -185,37 +180,6 @@ def options_from_fields(item: dict) -> dict[str, str]:
         gap = next(letter for letter in expected if letter not in present)
         raise ValueError(f"option gap: option_{gap} is empty but later options are set ({present})")
     return {letter: texts[letter] for letter in present}
-
-
-def answer_letter(answer: str, options: dict[str, str]) -> str:
-    """The letter whose option text is `answer`: exact match after strip, else case-insensitive."""
-    wanted = answer.strip()
-    matches = [letter for letter, text in options.items() if text.strip() == wanted]
-    if not matches:
-        matches = [letter for letter, text in options.items() if text.strip().casefold() == wanted.casefold()]
-    if len(matches) > 1:
-        raise ValueError(f"answer matches several options: {answer!r} is the text of options {matches}")
-    if not matches:
-        listed = ", ".join(f"{letter}) {text}" for letter, text in options.items())
-        raise ValueError(f"answer is not among options: {answer!r} is none of {listed}")
-    return matches[0]
-
-
-def known_name(canonical, raw: str, problem: str) -> str:
-    """`canonical(raw)`, turning its KeyError into a bad-record problem."""
-    try:
-        return canonical(raw)
-    except KeyError as error:
-        raise ValueError(f"{problem}: {error.args[0]}") from None
-
-
-def usable_image(root: Path, relative: str, checker: ImageChecker) -> Path:
-    """The absolute path of an image under `root` that exists (and reads, if verifying)."""
-    path = resolve_under_root(root, relative)
-    problem = checker.problem(path)
-    if problem is not None:
-        raise ValueError(problem)
-    return path
 
 
 def with_hint(problem: str, file: Path) -> str:

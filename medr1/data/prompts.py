@@ -49,7 +49,9 @@ MEDR1_EVAL_THINK = (
     "{Question} Think through the question step by step in <think>...</think> tags. Then provide the correct "
     "single-letter choice (A, B, C, D,...) inside <answer>...</answer> tags."
 )
-MEDR1_EVAL_NOTHINK = "{Question} Provide the correct single-letter choice (A, B, C, D,...) inside <answer>...</answer> tags."
+MEDR1_EVAL_NOTHINK = (
+    "{Question} Provide the correct single-letter choice (A, B, C, D,...) inside <answer>...</answer> tags."
+)
 MEDR1_EVAL_ZERO_SHOT = "{Question} Provide the correct single-letter choice (A, B, C, D,...)."
 
 # Med-R1's training templates. The tiny model's tokenizer is trained on exactly these
@@ -98,8 +100,11 @@ class PromptFormat:
 
     def __post_init__(self):
         resolve_template(self.template)
-        for key, value in (("before", self.option_before), ("format", self.option_format),
-                           ("separator", self.option_separator)):
+        for key, value in (
+            ("before", self.option_before),
+            ("format", self.option_format),
+            ("separator", self.option_separator),
+        ):
             if not isinstance(value, str):
                 raise ValueError(f"prompt.options.{key}={value!r} must be a string")
         try:
@@ -128,7 +133,9 @@ class PromptFormat:
         options = dict(prompt.get("options") or {})
         unknown = set(options) - {"before", "format", "separator"}
         if unknown:
-            raise ValueError(f"prompt.options has unknown keys {sorted(unknown)}; the keys are before, format, separator")
+            raise ValueError(
+                f"prompt.options has unknown keys {sorted(unknown)}; the keys are before, format, separator"
+            )
         default = cls()
         return cls(
             template=prompt["template"],

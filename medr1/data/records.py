@@ -1,4 +1,5 @@
-"""The VQARecord contract every reader produces, and the bad-record policy readers share."""
+"""The VQARecord contract every reader produces, the bad-record policy, and the helpers every reader
+shares (JSON files, image paths and checks, option texts and answer letters)."""
 
 from __future__ import annotations
 
@@ -49,9 +50,7 @@ class VQARecord:
         if letters != list(LETTERS[: len(letters)]):
             raise BadRecordError(where, self.id, f"option letters must be A, B, ... in order, got {letters}")
         if self.answer not in self.options:
-            raise BadRecordError(
-                where, self.id, f"answer {self.answer!r} is not among the options {letters}"
-            )
+            raise BadRecordError(where, self.id, f"answer {self.answer!r} is not among the options {letters}")
         if not self.images:
             raise BadRecordError(where, self.id, "has no image")
 
@@ -83,7 +82,13 @@ class SkipCounter:
     def report(self, what: str) -> None:
         """Log how many records were skipped and why."""
         if self.total:
-            log.warning("%s: skipped %d bad records: %s; e.g. %s", what, self.total, dict(self.skipped), self.examples[0])
+            log.warning(
+                "%s: skipped %d bad records: %s; e.g. %s",
+                what,
+                self.total,
+                dict(self.skipped),
+                self.examples[0],
+            )
 
 
 @dataclass
@@ -151,3 +156,42 @@ class ImageChecker:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             return f"unreadable image file: {path} ({type(error).__name__}: {error})"
         return None
+
+
+def clean_text(value: object) -> str | None:
+    """A field as stripped text; None when absent or empty. Numbers become text (some options are)."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def answer_letter(answer: str, options: dict[str, str]) -> str:
+    """The letter whose option text is `answer`: exact match after strip, else case-insensitive."""
+    wanted = answer.strip()
+    matches = [letter for letter, text in options.items() if text.strip() == wanted]
+    if not matches:
+        matches = [letter for letter, text in options.items() if text.strip().casefold() == wanted.casefold()]
+    if len(matches) > 1:
+        raise ValueError(f"answer matches several options: {answer!r} is the text of options {matches}")
+    if not matches:
+        listed = ", ".join(f"{letter}) {text}" for letter, text in options.items())
+        raise ValueError(f"answer is not among options: {answer!r} is none of {listed}")
+    return matches[0]
+
+
+def known_name(canonical, raw: str, problem: str) -> str:
+    """`canonical(raw)`, turning its KeyError into a bad-record problem."""
+    try:
+        return canonical(raw)
+    except KeyError as error:
+        raise ValueError(f"{problem}: {error.args[0]}") from None
+
+
+def usable_image(root: Path, relative: str, checker: ImageChecker) -> Path:
+    """The absolute path of an image under `root` that exists (and reads, if verifying)."""
+    path = resolve_under_root(root, relative)
+    problem = checker.problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    return path

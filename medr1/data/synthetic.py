@@ -33,9 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from medr1.cache import write_atomically
 from medr1.data.names import MODALITIES, MODALITY_DISPLAY, QUESTION_TYPES
 from medr1.data.omnimedvqa import OmniMedVQA
 from medr1.data.records import Splits
@@ -61,8 +59,8 @@ COUNT_OPTIONS = ("1", "2", "3")
 LESION_COLOUR = np.array([30.0, 235.0, 40.0])  # saturated green: unlike every modality's palette
 OBJECT_COLOUR = np.array([40.0, 70.0, 255.0])  # saturated blue, likewise
 # Fractions of the image side (a quadrant is 0.5 wide). A 56 px image is 4 image tokens of 28 px, so a
-# fact must cover a good part of a token for a tiny vision tower to see it: with grade 1 at 0.07 (4 px)
-# not even SFT on true labels learnt lesion presence; at 0.12 it does (see the README's demo notes).
+# fact must cover a good part of a token for a tiny vision tower to see it (4 px lesions were not
+# learnt even by SFT on true labels: docs/notes.md).
 LESION_RADIUS = {1: 0.12, 2: 0.17, 3: 0.22}
 OBJECT_SIDE = 0.16
 OPTION_COUNT = {
@@ -144,20 +142,12 @@ def ensure_generated(root: Path, params: dict) -> None:
             "synthetic: %s was made by generator version %s; regenerating", root, found.get("version")
         )
         stale = True
-    root.parent.mkdir(parents=True, exist_ok=True)
-    temporary = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write_dataset(temporary, params)
-        if stale:
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.rename(temporary, root)  # atomic: readers never see a half-written set
-        except OSError:
-            if not root.exists() or manifest_params(root) != params:
-                raise
-            log.info("synthetic: another process generated %s first; using it", root)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    write_atomically(  # readers never see a half-written set
+        root,
+        lambda folder: write_dataset(folder, params),
+        complete=lambda folder: folder.exists() and manifest_params(folder) == params,
+        replace=stale,
+    )
 
 
 def manifest_params(root: Path) -> dict:

@@ -9,15 +9,14 @@ chat template; its vocabulary is small so that a tiny model stays tiny.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from medr1.data.names import MODALITIES, MODALITY_DISPLAY, QUESTION_TYPES
+from medr1.data.prompts import TEMPLATES
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +36,6 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-# Tokens that a sampled completion must never contain: each one changes how the model reads the
-# sequence (an image placeholder without image features breaks the next forward pass).
-VISION_TOKENS = [
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-]
-
 # Qwen2-VL's chat template, rewritten: a default system turn, images as vision_start/pad/end.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
@@ -80,9 +63,6 @@ CHAT_TEMPLATE = (
 
 def _tokenizer_corpus() -> Iterator[str]:
     """Text the small BPE is trained on: templates, tags, names and question vocabulary."""
-    from medr1.data.names import MODALITIES, MODALITY_DISPLAY, QUESTION_TYPES
-    from medr1.data.prompts import TEMPLATES
-
     words = [
         "Which imaging modality is this image? What is the grade of the lesion? In which region is the lesion?",
         "Is there an abnormality in this image? How many objects are visible? Normal Lesion present Abnormal",
@@ -94,7 +74,9 @@ def _tokenizer_corpus() -> Iterator[str]:
     names = list(MODALITIES.values()) + list(MODALITY_DISPLAY.values()) + list(QUESTION_TYPES.values())
     for _ in range(20):
         for template in TEMPLATES.values():
-            yield template.format(Question="Which imaging modality is this? A) CT, B) MRI, C) X-ray, D) Ultrasound")
+            yield template.format(
+                Question="Which imaging modality is this? A) CT, B) MRI, C) X-ray, D) Ultrasound"
+            )
         for letter in "ABCDEFGHIJ":
             yield f"<think>The image shows the finding.</think>\n<answer> {letter} </answer>"
             yield f"<think>\nreasoning\n</think> <answer>{letter}</answer> {letter}) {letter}. ({letter})"
@@ -153,13 +135,21 @@ def build_model(tokenizer, *, text: Mapping[str, Any], vision: Mapping[str, Any]
     # M-RoPE splits each head's rotary half into (temporal, height, width) sections, as Qwen2-VL's
     # [16, 24, 24] does for head_dim 128.
     quarter = head_dim // 8
-    mrope_section = [quarter, (head_dim // 2 - quarter) // 2, head_dim // 2 - quarter - (head_dim // 2 - quarter) // 2]
+    mrope_section = [
+        quarter,
+        (head_dim // 2 - quarter) // 2,
+        head_dim // 2 - quarter - (head_dim // 2 - quarter) // 2,
+    ]
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": rope_theta,
+                "mrope_section": mrope_section,
+            },
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -186,37 +176,15 @@ def build_random_checkpoint(folder: str | Path, recipe: Mapping[str, Any]) -> Pa
     """Write tokenizer, processor and random weights for `recipe` (see conf/model/tiny.yaml)."""
     folder = Path(folder)
     tokenizer = build_tokenizer(int(recipe["vocab_size"]))
-    processor = build_processor(tokenizer, min_pixels=int(recipe["min_pixels"]), max_pixels=int(recipe["max_pixels"]))
-    model = build_model(tokenizer, text=recipe["text"], vision=recipe["vision"], seed=int(recipe.get("seed", 0)))
+    processor = build_processor(
+        tokenizer, min_pixels=int(recipe["min_pixels"]), max_pixels=int(recipe["max_pixels"])
+    )
+    model = build_model(
+        tokenizer, text=recipe["text"], vision=recipe["vision"], seed=int(recipe.get("seed", 0))
+    )
     folder.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(folder)
     model.save_pretrained(folder)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built a %s-parameter Qwen2-VL checkpoint in %s", f"{n_params:,}", folder)
     return folder
-
-
-# --- cache -----------------------------------------------------------------------------------
-
-
-def recipe_hash(recipe: Mapping[str, Any]) -> str:
-    """Short stable hash of a build recipe: a changed recipe gets a new cache folder."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def build_atomically(target: Path, write) -> Path:
-    """Run `write(tmp_folder)` and move the result to `target`; concurrent builders do not collide."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first: keep its folder
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -17,6 +17,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from medr1.data.batches import PromptCollator
+from medr1.data.synthetic import SyntheticMedVQA
+from medr1.models.loading import load_processor
+from medr1.models.tuning import vision_tower
+from medr1.sft.loss import target_nll
+
 log = logging.getLogger(__name__)
 
 VERSION = 6  # part of the cache key: bump when what warm_start writes changes
@@ -24,8 +30,7 @@ VERSION = 6  # part of the cache key: bump when what warm_start writes changes
 # One formulaic reasoning line per question type, read off the question (never the image): the
 # instruct model then samples near-deterministic text around a random letter, so GRPO's advantage
 # lands on the letter instead of on noise in the wording, and the tokens just before the answer say
-# what is asked. Measured: with one generic line for every type, 400 SFT steps on the TRUE answers
-# taught the tiny model nothing; with these lines it learnt modality recognition (0.32 -> 0.67).
+# what is asked (a generic line taught the tiny model nothing: docs/notes.md).
 REASONING = {
     "modality_recognition": "The question asks for the imaging modality.",
     "disease_diagnosis": "The question asks whether there is a lesion.",
@@ -40,11 +45,8 @@ def with_every_answer(records):
     """Each record once per option letter, with its question type's reasoning line.
 
     The letter's training target is then exactly uniform over the record's options: the expected
-    loss of a letter drawn at random, without the draw's noise. Measured: drawing one letter per use
-    (80 steps of 32) left the instruct model sampling C for 42% and D for 10% of the 4-option
-    modality questions, and GRPO then rarely tried D where D was right (ultrasound, microscopy),
-    which locked onto other letters. A fixed random letter per record is worse: the model memorises
-    image -> letter noise (a quarter of the groups had zero reward variance at step 0).
+    loss of a letter drawn at random, without the draw's noise, so GRPO starts from a uniform
+    letter prior (the random-draw variants that skewed it are in docs/notes.md).
     """
     return [
         dataclasses.replace(r, answer=letter, reasoning=REASONING.get(r.question_type, GENERIC_REASONING))
@@ -57,17 +59,23 @@ def warm_start(base_folder: Path, out_folder: Path, cfg: dict, cache_dir: str | 
     """SFT `base_folder` for cfg['steps'] steps of cfg['batch_size'] questions (each once per option letter)."""
     from transformers import AutoModelForImageTextToText
 
-    from medr1.data.batches import PromptCollator
-    from medr1.data.synthetic import SyntheticMedVQA
-    from medr1.models.loading import load_processor, vision_tower
-    from medr1.sft.module import target_nll
-
     data = cfg["data"]
-    root = Path(cache_dir).expanduser() / "data" / f"warmstart_n{data['size']}_px{data['image_size']}_seed{data['seed']}"
-    splits = SyntheticMedVQA(root=str(root), size=int(data["size"]), image_size=int(data["image_size"]),
-                             seed=int(data["seed"]), shuffle_options=bool(data.get("shuffle_options", False))).load()
+    root = (
+        Path(cache_dir).expanduser()
+        / "data"
+        / f"warmstart_n{data['size']}_px{data['image_size']}_seed{data['seed']}"
+    )
+    splits = SyntheticMedVQA(
+        root=str(root),
+        size=int(data["size"]),
+        image_size=int(data["image_size"]),
+        seed=int(data["seed"]),
+        shuffle_options=bool(data.get("shuffle_options", False)),
+    ).load()
     records = splits.train + splits.test
-    processor = load_processor({"min_pixels": cfg["min_pixels"], "max_pixels": cfg["max_pixels"]}, str(base_folder))
+    processor = load_processor(
+        {"min_pixels": cfg["min_pixels"], "max_pixels": cfg["max_pixels"]}, str(base_folder)
+    )
     collate = PromptCollator(processor, cfg.get("prompt", "think"), with_targets=True)
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = AutoModelForImageTextToText.from_pretrained(base_folder, dtype=torch.float32)

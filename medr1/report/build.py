@@ -66,12 +66,16 @@ def _wandb_project(runs: list[Run]) -> str:
 def parser_notes(runs: list[Run], parser: str | None) -> list[str]:
     """Which evaluation parser the accuracies come from, said on every table."""
     if parser is not None:
-        return [f"accuracies read with the {parser} evaluation parser (recomputed from eval/predictions.jsonl "
-                "where a run recorded another); format rate and reasoning length as recorded."]
+        return [
+            f"accuracies read with the {parser} evaluation parser (recomputed from eval/predictions.jsonl "
+            "where a run recorded another); format rate and reasoning length as recorded."
+        ]
     used = sorted({run.parser for run in runs if run.parser is not None})
     if len(used) > 1:
-        return [f"runs were evaluated with different parsers ({', '.join(used)}): their accuracies are not "
-                "comparable; pass --parser to read every run with one."]
+        return [
+            f"runs were evaluated with different parsers ({', '.join(used)}): their accuracies are not "
+            "comparable; pass --parser to read every run with one."
+        ]
     return [f"accuracies read with the {used[0]} evaluation parser."] if used else []
 
 
@@ -130,7 +134,15 @@ def build_report(
             paths[image.name] = images[image.stem] = image
 
     result = ReportResult(
-        sweep_dir, out_dir, experiment, runs, modality, question_type, comparison, paths, "\n".join(markdown),
+        sweep_dir,
+        out_dir,
+        experiment,
+        runs,
+        modality,
+        question_type,
+        comparison,
+        paths,
+        "\n".join(markdown),
         parser=parser,
     )
     if _wandb_wanted(runs, use_wandb):

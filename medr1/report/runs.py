@@ -56,7 +56,9 @@ class Run:
     logger_name: str | None
     logger_project: str | None
     overrides: tuple[str, ...]  # `.hydra/overrides.yaml`, as typed on the command line
-    summary: dict | None  # eval/summary.json (accuracies re-read under --parser), None if missing or unreadable
+    summary: (
+        dict | None
+    )  # eval/summary.json (accuracies re-read under --parser), None if missing or unreadable
     problem: str | None  # why `summary` is None, e.g. "no eval/summary.json"
     parser: str | None = None  # the evaluation parser behind summary's accuracies; None without a summary
 
@@ -73,14 +75,19 @@ def _select(cfg: DictConfig, key: str) -> str | None:
     return str(value)
 
 
-def _canonical_or_raw(name: str | None, canonical) -> str:
-    """Return "all" for no restriction, else the canonical name (unknown names are kept as written)."""
-    if name is None or name.lower() == "all":
-        return "all"
+def canonical_or_raw(name: str, canonical) -> str:
+    """The canonical name of `name`, or `name` as written when `canonical` does not know it."""
     try:
         return canonical(name)
     except KeyError:
         return name
+
+
+def _training_name(name: str | None, canonical) -> str:
+    """ "all" for no restriction, else the canonical name (unknown names are kept as written)."""
+    if name is None or name.lower() == "all":
+        return "all"
+    return canonical_or_raw(name, canonical)
 
 
 def _read_overrides(run_dir: Path) -> tuple[str, ...]:
@@ -105,11 +112,16 @@ def _read_predictions(run_dir: Path, parser: str) -> tuple[list[dict] | None, st
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError) as error:
         return None, f"eval/predictions.jsonl unreadable: {error}"
-    needed = {"completion", "answer", "modality", "question_type"} | ({"options"} if parser == "robust" else set())
+    needed = {"completion", "answer", "modality", "question_type"} | (
+        {"options"} if parser == "robust" else set()
+    )
     lacking = sorted({key for row in rows for key in needed if key not in row})
     if not rows or lacking:
-        fix = " (written before options were stored: re-evaluate, or use --parser medr1 or medvlm_r1)" \
-            if lacking == ["options"] else ""
+        fix = (
+            " (written before options were stored: re-evaluate, or use --parser medr1 or medvlm_r1)"
+            if lacking == ["options"]
+            else ""
+        )
         return None, f"eval/predictions.jsonl lacks {lacking or 'rows'}{fix}"
     return rows, None
 
@@ -133,9 +145,9 @@ def _read_summary(run_dir: Path, parser: str | None = None) -> tuple[dict | None
     rows, problem = _read_predictions(run_dir, parser)
     if rows is None:
         return None, problem
-    from medr1.metrics import rescore  # imports torch: only when a run is rescored
+    from medr1.grading import regrade  # imports torch: only when a run is re-graded
 
-    return summary | rescore(rows, parser) | {"parser": parser}, None
+    return summary | regrade(rows, parser) | {"parser": parser}, None
 
 
 def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
@@ -156,8 +168,8 @@ def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
         model_name=_select(cfg, "model.name"),
         model_path=_select(cfg, "model.path"),
         algo=_select(cfg, "algo.name"),
-        train_modality=_canonical_or_raw(_select(cfg, "modality.name"), canonical_modality),
-        train_question_type=_canonical_or_raw(_select(cfg, "question_type.name"), canonical_question_type),
+        train_modality=_training_name(_select(cfg, "modality.name"), canonical_modality),
+        train_question_type=_training_name(_select(cfg, "question_type.name"), canonical_question_type),
         prompt=_select(cfg, "prompt.name"),
         reward=_select(cfg, "reward.name"),
         tuning=_select(cfg, "tuning.name"),
@@ -221,7 +233,18 @@ def load_runs(sweep_dir: Path, parser: str | None = None) -> list[Run]:
 # are one evaluation repeated by the sweep's product (`mode=eval,train x modality=...`) and are folded.
 # A prompt, a model, a data or eval setting makes a different evaluation: its own base row.
 TRAIN_ONLY_KEYS = frozenset(
-    {"mode", "modality", "question_type", "algo", "reward", "tuning", "trainer", "logger", "experiment_name", "hydra"}
+    {
+        "mode",
+        "modality",
+        "question_type",
+        "algo",
+        "reward",
+        "tuning",
+        "trainer",
+        "logger",
+        "experiment_name",
+        "hydra",
+    }
 )
 
 
@@ -259,7 +282,7 @@ class BaseRow:
 
 
 def _base_label(inputs: tuple, groups: dict[tuple, list[Run]]) -> str:
-    """"base", or "base: <model> prompt=<p> key=value" naming only what differs between groups."""
+    """ "base", or "base: <model> prompt=<p> key=value" naming only what differs between groups."""
     if len(groups) == 1:
         return "base"
     model_path, prompt, kept = inputs

@@ -21,7 +21,7 @@ from medr1.data.names import (
     canonical_modality,
     canonical_question_type,
 )
-from medr1.report.runs import BaseRow, Run, base_for, natural_key, override_items
+from medr1.report.runs import BaseRow, Run, base_for, canonical_or_raw, natural_key, override_items
 
 MISSING_MD = "—"
 Cell = str | float | int | None
@@ -63,10 +63,7 @@ class Axis:
     other_of: Callable[[Run], str]
 
     def canonical_or_raw(self, name: str) -> str:
-        try:
-            return self.canonical(name)
-        except KeyError:
-            return name
+        return canonical_or_raw(name, self.canonical)
 
     def rank(self, key: str) -> tuple[int, str]:
         """Canonical order, unknown names next (alphabetically), "all" last."""
@@ -273,8 +270,12 @@ def _comparison_labels(trained: list[Run]) -> dict[Path, str]:
 
 
 def _trained_on(run: Run) -> str:
-    """"grpo on mri", "sft on all/lesion_grading": a run's label when no override tells it apart."""
-    data = run.train_modality if run.train_question_type == "all" else f"{run.train_modality}/{run.train_question_type}"
+    """ "grpo on mri", "sft on all/lesion_grading": a run's label when no override tells it apart."""
+    data = (
+        run.train_modality
+        if run.train_question_type == "all"
+        else f"{run.train_modality}/{run.train_question_type}"
+    )
     return f"{run.algo or 'run'} on {data}"
 
 

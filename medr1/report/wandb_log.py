@@ -1,12 +1,12 @@
 """Log the report to Weights & Biases as one `job_type="report"` run grouped with the sweep.
 
 wandb is imported here, only when asked for: the report itself needs nothing beyond matplotlib.
-Offline unless WANDB_API_KEY is set (an explicit WANDB_MODE wins), like the training runs.
+Online or offline by the training runs' rule (medr1.builders.wandb_mode): an explicit WANDB_MODE,
+else online with credentials (WANDB_API_KEY or a ~/.netrc entry), else offline.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medr1.report.tables import Table
@@ -14,15 +14,13 @@ from medr1.report.tables import Table
 DEFAULT_PROJECT = "medr1"
 
 
-def wandb_mode() -> str:
-    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-
-
 def log_report(
     tables: list[Table], images: dict[str, Path], *, project: str, group: str, run_dir: Path
 ) -> Path | None:
     """Log `tables` as wandb.Table and `images` as wandb.Image; return the local run folder."""
     import wandb  # lazy: slow to import and optional for the report
+
+    from medr1.builders import wandb_mode  # lazy too: it imports Lightning and the training code
 
     run = wandb.init(
         project=project,

@@ -1,1 +1,1 @@
-"""GRPO: rollout, rewards, advantages, loss and the Lightning module that ties them together."""
+"""GRPO: rewards, advantages, loss, and the Lightning module that runs them on each rollout (medr1.rollout)."""

@@ -12,18 +12,103 @@ from __future__ import annotations
 import copy
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch.strategies import ParallelStrategy
+from torch import Tensor
 
 from medr1.data.batches import PromptBatch
-from medr1.metrics import score
-from medr1.module import VQAModule
+from medr1.grading import grade
+from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
-from medr1.rl.loss import grpo_loss
-from medr1.rl.sequences import SamplingConfig, completion_logprobs
+from medr1.rl.loss import grpo_loss, masked_mean
+from medr1.rl.rewards import RewardOutput
+from medr1.rollout import SamplingConfig
+from medr1.vqa_module import VQAModule
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """cfg.algo (conf/algo/grpo.yaml), read and checked once."""
+
+    num_generations: int  # G: completions per prompt
+    num_iterations: int  # policy updates per rollout
+    micro_batch_size: int  # prompts per backward pass; 0: the whole batch
+    shared_prompt_forward: bool  # score each prompt once for its G completions
+    max_completion_length: int
+    temperature: float
+    top_p: float
+    top_k: int  # 0: no top-k filter
+    beta: float  # KL weight; 0: no reference log-probs
+    epsilon_low: float  # algo.epsilon
+    epsilon_high: float
+    scale_rewards: str
+    advantage_eps: float
+    loss_agg: str
+    max_grad_norm: float  # 0: no clipping
+
+    @classmethod
+    def from_config(cls, algo) -> GRPOSettings:
+        if int(algo.num_iterations) < 1 or int(algo.num_generations) < 2:
+            raise ValueError(
+                f"algo.num_iterations={algo.num_iterations} must be >= 1 and algo.num_generations="
+                f"{algo.num_generations} >= 2 (group advantages need at least two completions per prompt)"
+            )
+        return cls(
+            num_generations=int(algo.num_generations),
+            num_iterations=int(algo.num_iterations),
+            micro_batch_size=int(algo.micro_batch_size),
+            shared_prompt_forward=bool(algo.shared_prompt_forward),
+            max_completion_length=int(algo.max_completion_length),
+            temperature=float(algo.temperature),
+            top_p=float(algo.top_p),
+            top_k=int(algo.top_k),
+            beta=float(algo.beta),
+            epsilon_low=float(algo.epsilon),
+            epsilon_high=float(algo.epsilon_high),
+            scale_rewards=str(algo.scale_rewards),
+            advantage_eps=float(algo.advantage_eps),
+            loss_agg=str(algo.loss_agg),
+            max_grad_norm=float(algo.max_grad_norm or 0.0),
+        )
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_completion_length,
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Prompts [start, stop) of the batch: one backward pass."""
+
+    start: int
+    stop: int
+    weight: float  # its share of the rollout loss
+    rows: slice  # its completions: rows start*G .. stop*G-1 of the rollout
+
+
+@dataclass
+class Rollout:
+    """One training step's samples. Completion g of prompt b is row b*G + g."""
+
+    ids: Tensor  # [B*G, T] completion tokens; pad after the first stop token
+    mask: Tensor  # [B*G, T] 1 on sampled tokens (stop token included)
+    texts: list[str]  # [B*G]
+    rewards: RewardOutput  # total [B*G] + unweighted parts
+    total: Tensor  # [B*G] rewards.total as float32 on the module's device
+    advantages: Tensor  # [B*G]
+    spans: list[MicroBatch]  # prompts [start, stop) and loss weight, per backward pass
+    ref_logprobs: list[Tensor | None]  # per span, [b*G, T]; None when beta == 0
+    old_logprobs: list[Tensor] | None  # per span, only when num_iterations > 1
 
 
 def repeat_fields(fields: dict[str, list], times: int) -> dict[str, list]:
@@ -31,35 +116,14 @@ def repeat_fields(fields: dict[str, list], times: int) -> dict[str, list]:
     return {k: [v for v in values for _ in range(times)] for k, values in fields.items()}
 
 
-def select_prompts(batch: PromptBatch, start: int, stop: int) -> dict[str, torch.Tensor]:
-    """Model inputs of prompts start..stop-1 (their images' patches included)."""
-    inputs = batch.model_inputs
-    rows = {k: v[start:stop] for k, v in inputs.items() if v.shape[:1] == inputs["input_ids"].shape[:1]}
-    if "image_grid_thw" in inputs:
-        counts = batch.images_per_prompt.tolist()
-        first_image, last_image = sum(counts[:start]), sum(counts[:stop])
-        patches = inputs["image_grid_thw"].prod(-1).tolist()
-        rows["image_grid_thw"] = inputs["image_grid_thw"][first_image:last_image]
-        rows["pixel_values"] = inputs["pixel_values"][sum(patches[:first_image]) : sum(patches[:last_image])]
-    return rows
-
-
 class GRPOModule(VQAModule):
     def __init__(self, *, reward, algo, reference_model=None, sample_table_every: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.automatic_optimization = False
         self.reward = reward
-        self.algo = algo
-        self.group_size = int(algo.num_generations)
-        if int(algo.num_iterations) < 1 or self.group_size < 2:
-            raise ValueError(
-                f"algo.num_iterations={algo.num_iterations} must be >= 1 and algo.num_generations="
-                f"{algo.num_generations} >= 2 (group advantages need at least two completions per prompt)"
-            )
-        self.sampling = SamplingConfig(
-            max_new_tokens=int(algo.max_completion_length), do_sample=True,
-            temperature=float(algo.temperature), top_p=float(algo.top_p), top_k=int(algo.top_k),
-        )
+        self.algo = algo  # as configured; the code reads self.settings
+        self.settings = GRPOSettings.from_config(algo)
+        self.sampling = self.settings.sampling
         self.sample_table_every = sample_table_every
         # the reference is kept out of the module's state dict: checkpoints hold the policy only
         object.__setattr__(self, "_reference", reference_model)
@@ -78,95 +142,114 @@ class GRPOModule(VQAModule):
             self._reference.to(self.device)
 
     def optimizer_steps_total(self) -> int:
-        return int(self.trainer.estimated_stepping_batches) * int(self.algo.num_iterations)
+        return int(self.trainer.estimated_stepping_batches) * self.settings.num_iterations
 
     # --- one rollout, then the policy updates ----------------------------------------------------
 
-    def training_step(self, batch: PromptBatch, batch_idx: int):
-        group = self.group_size
-        self.model.eval()  # sample without dropout
-        completion_ids, completion_mask, texts = self.generator.complete(self.model, batch, self.sampling, group)
-        self.model.train()
-
-        fields = repeat_fields(batch.fields(), group)
-        rewards = self.reward(texts, **fields)
-        total = torch.tensor(rewards.total, dtype=torch.float32, device=self.device)  # [B*G]
-        advantages = group_advantages(total, group, scale=str(self.algo.scale_rewards), eps=float(self.algo.advantage_eps))
-
-        micro = self._micro_batches(len(batch), completion_mask)
-        reference = [self._reference_logprobs(batch, span, completion_ids, completion_mask) for span in micro]
-        old = None
-        if int(self.algo.num_iterations) > 1:  # a later update needs the pre-update policy
-            with torch.no_grad():
-                old = [self._logprobs(batch, span, completion_ids, completion_mask).logprobs for span in micro]
-
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        rollout = self.rollout(batch)  # sample -> rewards -> advantages -> reference/old log-probs
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        for iteration in range(int(self.algo.num_iterations)):
-            stats = self._update(batch, micro, completion_ids, completion_mask, advantages, reference, old, optimizer)
+        stats = []
+        for _ in range(self.settings.num_iterations):
+            stats.append(self.update(batch, rollout, optimizer))  # one optimiser step over rollout.spans
             scheduler.step()
-            if iteration == 0:
-                first_stats = stats
-        self._log_step(batch, texts, rewards, total, completion_mask, first_stats, optimizer)
+        self.log_step(batch, rollout, stats[0], optimizer)  # the first update's metrics
 
-    def _micro_batches(self, n_prompts: int, completion_mask: torch.Tensor) -> list[tuple[int, int, float]]:
-        """(first prompt, end prompt, weight of its loss in the rollout loss) per micro-batch."""
-        size = int(self.algo.micro_batch_size) or n_prompts
+    @torch.no_grad()
+    def rollout(self, batch: PromptBatch) -> Rollout:
+        """G completions per prompt (sampled without dropout), their rewards and advantages, and the
+        log-probs later updates compare against."""
+        settings, group = self.settings, self.settings.num_generations
+        self.model.eval()
+        ids, mask, texts = self.sampler.complete(self.model, batch, self.sampling, group)
+        self.model.train()
+        rewards = self.reward(texts, **repeat_fields(batch.fields(), group))
+        total = torch.tensor(rewards.total, dtype=torch.float32, device=self.device)  # [B*G]
+        advantages = group_advantages(total, group, scale=settings.scale_rewards, eps=settings.advantage_eps)
+        rollout = Rollout(
+            ids=ids,
+            mask=mask,
+            texts=texts,
+            rewards=rewards,
+            total=total,
+            advantages=advantages,
+            spans=self._micro_batches(len(batch), mask),
+            ref_logprobs=[],
+            old_logprobs=None,
+        )
+        rollout.ref_logprobs = [self._reference_logprobs(batch, rollout, span) for span in rollout.spans]
+        if settings.num_iterations > 1:  # a later update needs the pre-update policy
+            rollout.old_logprobs = [self._logprobs(batch, rollout, span).logprobs for span in rollout.spans]
+        return rollout
+
+    def _micro_batches(self, n_prompts: int, completion_mask: Tensor) -> list[MicroBatch]:
+        """The backward passes of one update, each with the weight of its loss in the rollout loss."""
+        group = self.settings.num_generations
+        size = self.settings.micro_batch_size or n_prompts
         spans = [(s, min(s + size, n_prompts)) for s in range(0, n_prompts, size)]
-        group = self.group_size
-        if self.algo.loss_agg == "token_mean":  # DAPO: one mean over all the rollout's tokens
+        if self.settings.loss_agg == "token_mean":  # DAPO: one mean over all the rollout's tokens
             tokens = completion_mask.sum().clamp(min=1)
-            return [(s, e, float(completion_mask[s * group : e * group].sum() / tokens)) for s, e in spans]
-        return [(s, e, (e - s) / n_prompts) for s, e in spans]
+            weights = [float(completion_mask[s * group : e * group].sum() / tokens) for s, e in spans]
+        else:
+            weights = [(e - s) / n_prompts for s, e in spans]
+        return [
+            MicroBatch(s, e, w, slice(s * group, e * group)) for (s, e), w in zip(spans, weights, strict=True)
+        ]
 
-    def _logprobs(self, batch, span, completion_ids, completion_mask, model=None, with_entropy=False):
-        start, stop, _ = span
-        rows = slice(start * self.group_size, stop * self.group_size)
+    def _logprobs(
+        self, batch: PromptBatch, rollout: Rollout, span: MicroBatch, model=None, with_entropy: bool = False
+    ) -> CompletionScores:
         return completion_logprobs(
-            model or self.model, select_prompts(batch, start, stop), completion_ids[rows], completion_mask[rows],
-            num_generations=self.group_size, shared_prompt=bool(self.algo.shared_prompt_forward),
-            images_per_prompt=batch.images_per_prompt[start:stop], with_entropy=with_entropy,
+            model or self.model,
+            select_prompts(batch, span.start, span.stop),
+            rollout.ids[span.rows],
+            rollout.mask[span.rows],
+            num_generations=self.settings.num_generations,
+            shared_prompt=self.settings.shared_prompt_forward,
+            images_per_prompt=batch.images_per_prompt[span.start : span.stop],
+            with_entropy=with_entropy,
         )
 
     @torch.no_grad()
-    def _reference_logprobs(self, batch, span, completion_ids, completion_mask):
-        if float(self.algo.beta) == 0.0:
+    def _reference_logprobs(self, batch: PromptBatch, rollout: Rollout, span: MicroBatch) -> Tensor | None:
+        if self.settings.beta == 0.0:
             return None
         if self._reference is not None:
-            return self._logprobs(batch, span, completion_ids, completion_mask, model=self._reference).logprobs
+            return self._logprobs(batch, rollout, span, model=self._reference).logprobs
         adapters_off = getattr(self.model, "disable_adapter", None)
         context = adapters_off() if adapters_off else nullcontext()
         with context:
-            return self._logprobs(batch, span, completion_ids, completion_mask).logprobs
+            return self._logprobs(batch, rollout, span).logprobs
 
-    def _update(self, batch, micro, completion_ids, completion_mask, advantages, reference, old, optimizer) -> dict:
+    def update(self, batch: PromptBatch, rollout: Rollout, optimizer) -> dict:
         """One optimiser step over all micro-batches; returns metrics averaged over them."""
-        group, stats = self.group_size, {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+        settings, stats = self.settings, {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
         optimizer.zero_grad(set_to_none=True)
-        last = len(micro) - 1
-        for index, span in enumerate(micro):
-            start, stop, weight = span
-            rows = slice(start * group, stop * group)
-            scores = self._logprobs(batch, span, completion_ids, completion_mask, with_entropy=True)
+        last = len(rollout.spans) - 1
+        for index, span in enumerate(rollout.spans):
+            scores = self._logprobs(batch, rollout, span, with_entropy=True)
+            mask = rollout.mask[span.rows]
             output = grpo_loss(
                 scores.logprobs,
-                old[index] if old is not None else scores.logprobs.detach(),
-                reference[index],
-                advantages[rows],
-                completion_mask[rows],
-                epsilon_low=float(self.algo.epsilon),
-                epsilon_high=float(self.algo.epsilon_high),
-                beta=float(self.algo.beta),
-                loss_agg=str(self.algo.loss_agg),
-                max_completion_length=int(self.algo.max_completion_length),
+                rollout.old_logprobs[index] if rollout.old_logprobs is not None else scores.logprobs.detach(),
+                rollout.ref_logprobs[index],
+                rollout.advantages[span.rows],
+                mask,
+                epsilon_low=settings.epsilon_low,
+                epsilon_high=settings.epsilon_high,
+                beta=settings.beta,
+                loss_agg=settings.loss_agg,
+                max_completion_length=settings.max_completion_length,
             )
             with self._gradient_sync(index == last):
-                self.manual_backward(output.loss * weight)
-            mask = completion_mask[rows].float()
-            stats["kl"] += weight * float(output.kl)
-            stats["clip_fraction"] += weight * float(output.clip_fraction)
-            stats["entropy"] += weight * float((scores.entropy * mask).sum() / mask.sum().clamp(min=1))
-        if self.algo.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=float(self.algo.max_grad_norm), gradient_clip_algorithm="norm")
+                self.manual_backward(output.loss * span.weight)
+            stats["kl"] += span.weight * float(output.kl)
+            stats["clip_fraction"] += span.weight * float(output.clip_fraction)
+            stats["entropy"] += span.weight * float(masked_mean(scores.entropy, mask))
+        if settings.max_grad_norm:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=settings.max_grad_norm, gradient_clip_algorithm="norm"
+            )
         optimizer.step()
         return stats
 
@@ -186,33 +269,40 @@ class GRPOModule(VQAModule):
 
     # --- what researchers read ------------------------------------------------------------------
 
-    def _log_step(self, batch, texts, rewards, total, completion_mask, stats, optimizer) -> None:
-        group = self.group_size
+    def log_step(self, batch: PromptBatch, rollout: Rollout, stats: dict, optimizer) -> None:
+        group, total = self.settings.num_generations, rollout.total
         records = [r for r in batch.records for _ in range(group)]
-        scored = score(records, texts, self.processor.tokenizer)
+        graded = grade(records, rollout.texts, self.processor.tokenizer)
         metrics = {
             "train/reward": total.mean(),
             "train/reward_std": total.std() if total.numel() > 1 else torch.tensor(0.0),
-            "train/accuracy": sum(p.correct for p in scored) / len(scored),
-            "train/format_rate": sum(p.follows_format for p in scored) / len(scored),
-            "train/reasoning_length": sum(p.reasoning_tokens for p in scored) / len(scored),
-            "train/completion_length": completion_mask.sum(1).float().mean(),
+            "train/accuracy": sum(p.correct for p in graded) / len(graded),
+            "train/format_rate": sum(p.follows_format for p in graded) / len(graded),
+            "train/reasoning_length": sum(p.reasoning_tokens for p in graded) / len(graded),
+            "train/completion_length": rollout.mask.sum(1).float().mean(),
             "train/zero_variance_groups": zero_variance_fraction(total, group),
             "train/kl": stats["kl"],
             "train/clip_fraction": stats["clip_fraction"],
             "train/entropy": stats["entropy"],
             "train/lr": optimizer.param_groups[0]["lr"],
         }
-        for part, values in rewards.parts.items():
+        for part, values in rollout.rewards.parts.items():
             part_scores = torch.tensor(values, dtype=torch.float32)
             metrics[f"train/reward_{part}"] = part_scores.mean()
-            metrics[f"train/reward_{part}_std"] = part_scores.std() if part_scores.numel() > 1 else torch.tensor(0.0)
-        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False, prog_bar=False,
-                      batch_size=len(batch))
+            metrics[f"train/reward_{part}_std"] = (
+                part_scores.std() if part_scores.numel() > 1 else torch.tensor(0.0)
+            )
+        self.log_dict(
+            {k: float(v) for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+            batch_size=len(batch),
+        )
         self.log("reward", float(total.mean()), prog_bar=True, on_step=True, batch_size=len(batch))
         self.log("acc", metrics["train/accuracy"], prog_bar=True, on_step=True, batch_size=len(batch))
         if self.sample_table_every and self.global_step % self.sample_table_every == 0:
-            self._log_samples(batch, texts, total)
+            self._log_samples(batch, rollout.texts, total)
 
     def _log_samples(self, batch, texts, total) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -221,11 +311,23 @@ class GRPOModule(VQAModule):
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                group, rows = self.group_size, []
+                group, rows = self.settings.num_generations, []
                 for b, record in enumerate(batch.records):
                     for g in range(group):
                         i = b * group + g
-                        rows.append([self.global_step, wandb.Image(record.images[0]), record.modality,
-                                     record.question_type, record.answer, texts[i], float(total[i])])
-                logger.log_table(key="samples", columns=["step", "image", "modality", "question_type", "answer",
-                                                         "completion", "reward"], data=rows)
+                        rows.append(
+                            [
+                                self.global_step,
+                                wandb.Image(record.images[0]),
+                                record.modality,
+                                record.question_type,
+                                record.answer,
+                                texts[i],
+                                float(total[i]),
+                            ]
+                        )
+                logger.log_table(
+                    key="samples",
+                    columns=["step", "image", "modality", "question_type", "answer", "completion", "reward"],
+                    data=rows,
+                )

@@ -218,10 +218,6 @@ class RewardModel:
     functions: dict[str, RewardFunction]
     weights: dict[str, float]
 
-    @property
-    def part_names(self) -> list[str]:
-        return list(self.functions)
-
     def __call__(self, completions: list[str], **fields: Any) -> RewardOutput:
         parts = {part: self._score_part(part, completions, fields) for part in self.functions}
         total = [

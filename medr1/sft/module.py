@@ -8,16 +8,8 @@ neither happens here.
 
 from __future__ import annotations
 
-from medr1.module import VQAModule
-from medr1.rl.sequences import completion_logprobs
-
-
-def target_nll(model, batch) -> tuple:
-    """Mean NLL over target tokens and the number of target tokens."""
-    scores = completion_logprobs(model, batch.model_inputs, batch.target_ids, batch.target_mask, num_generations=1,
-                                  images_per_prompt=batch.images_per_prompt)
-    mask = batch.target_mask.float()
-    return -(scores.logprobs * mask).sum() / mask.sum().clamp(min=1), mask.sum()
+from medr1.sft.loss import target_nll
+from medr1.vqa_module import VQAModule
 
 
 class SFTModule(VQAModule):

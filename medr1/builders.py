@@ -14,13 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medr1.data.datamodule import VQADataModule
-from medr1.models.loading import (
-    apply_tuning,
-    load_model,
-    load_processor,
-    resolve_model_path,
-    trainable_summary,
-)
+from medr1.models.checkpoints import resolve_model_path
+from medr1.models.loading import load_model, load_processor
+from medr1.models.tuning import apply_tuning, trainable_summary
+from medr1.rl.module import GRPOModule
+from medr1.rl.rewards import build_reward
+from medr1.sft.module import SFTModule
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,41 @@ def build_datamodule(cfg: DictConfig, processor, *, with_targets: bool = False) 
     )
 
 
-def wandb_mode(logger_cfg: DictConfig) -> str:
-    """offline unless the user has credentials (WANDB_API_KEY or a netrc entry) or set offline=false."""
-    if logger_cfg.get("offline") is not None:
-        return "offline" if logger_cfg.offline else "online"
+def build_module(cfg: DictConfig, policy, datamodule):
+    common = dict(
+        model=policy.model,
+        processor=policy.processor,
+        optimizer=instantiate(cfg.algo.optimizer),
+        scheduler=cfg.algo.scheduler,
+        eval_max_new_tokens=int(cfg.eval.max_new_tokens),
+        eval_parser=str(cfg.eval.parser),
+    )
+    if cfg.algo.name == "grpo":
+        reference = GRPOModule.reference_for(policy.model, cfg.algo, cfg.tuning.name)
+        return GRPOModule(
+            reward=build_reward(cfg.reward),
+            algo=cfg.algo,
+            reference_model=reference,
+            sample_table_every=int(cfg.logger.get("sample_table_every", 0) or 0),
+            **common,
+        )
+    if cfg.algo.name == "sft":
+        return SFTModule(**common)
+    raise ValueError(f"algo={cfg.algo.name!r}; choose grpo or sft")
+
+
+def wandb_mode(offline: bool | None = None) -> str:
+    """W&B's mode for training runs and the report: `offline` when set (logger.offline), else an
+    explicit WANDB_MODE, else online when the user has credentials (WANDB_API_KEY or a ~/.netrc entry
+    for api.wandb.ai), else offline."""
+    if offline is not None:
+        return "offline" if offline else "online"
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
     netrc = Path("~/.netrc").expanduser()
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.exists() and "api.wandb.ai" in netrc.read_text()
+    )
     return "online" if has_key else "offline"
 
 
@@ -84,13 +112,26 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        mode = wandb_mode(cfg.logger)
-        tags = [f"algo:{cfg.algo.name}", f"modality:{cfg.modality.name}", f"question_type:{cfg.question_type.name}",
-                f"reward:{cfg.reward.name}", f"prompt:{cfg.prompt.name}", f"model:{cfg.model.name}"]
+        mode = wandb_mode(cfg.logger.get("offline"))
+        tags = [
+            f"algo:{cfg.algo.name}",
+            f"modality:{cfg.modality.name}",
+            f"question_type:{cfg.question_type.name}",
+            f"reward:{cfg.reward.name}",
+            f"prompt:{cfg.prompt.name}",
+            f"model:{cfg.model.name}",
+        ]
         loggers.append(
-            WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), group=cfg.experiment_name,
-                        tags=tags, save_dir=str(run_dir), mode=mode, job_type=cfg.mode,
-                        name=f"{cfg.experiment_name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name)
+            WandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.get("entity"),
+                group=cfg.experiment_name,
+                tags=tags,
+                save_dir=str(run_dir),
+                mode=mode,
+                job_type=cfg.mode,
+                name=f"{cfg.experiment_name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
+            )
         )
         loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return loggers
@@ -105,4 +146,6 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
+    return instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
+    )

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from medr1.answers import get_parser
-from medr1.evaluation import Generator, evaluate_batches, greedy
-from medr1.metrics import EvalAccumulator, score
+from medr1.distributed import gather_objects, gather_predictions, world_size
+from medr1.grading import EvalAccumulator, evaluate_batches, grade
+from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class VQAModule(L.LightningModule):
         self.eval_max_new_tokens = eval_max_new_tokens
         get_parser(eval_parser)  # an unknown name fails now, not at the first validation
         self.eval_parser = eval_parser
-        self.generator = Generator.for_model(model, processor)
+        self.sampler = Sampler.for_model(model, processor)
         self._val_predictions = []
 
     # --- optimisation --------------------------------------------------------------------------
@@ -50,9 +51,16 @@ class VQAModule(L.LightningModule):
             raise ValueError("no trainable parameters: check tuning (LoRA targets / frozen modules)")
         optimizer = self.optimizer_factory(params)
         total = max(1, self.optimizer_steps_total())
-        warmup = int(self.scheduler_cfg.get("warmup_steps") or round(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total))
-        scheduler = get_scheduler(self.scheduler_cfg.get("name", "constant_with_warmup"), optimizer,
-                                  num_warmup_steps=warmup, num_training_steps=total)
+        warmup = int(
+            self.scheduler_cfg.get("warmup_steps")
+            or round(float(self.scheduler_cfg.get("warmup_ratio", 0.0)) * total)
+        )
+        scheduler = get_scheduler(
+            self.scheduler_cfg.get("name", "constant_with_warmup"),
+            optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=total,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_steps_total(self) -> int:
@@ -61,8 +69,8 @@ class VQAModule(L.LightningModule):
     # --- validation: batched greedy generation -------------------------------------------------
 
     def validation_step(self, batch, batch_idx):
-        _, _, texts = self.generator.complete(self.model, batch, greedy(self.eval_max_new_tokens))
-        self._val_predictions.extend(score(batch.records, texts, self.processor.tokenizer, self.eval_parser))
+        _, _, texts = self.sampler.complete(self.model, batch, greedy(self.eval_max_new_tokens))
+        self._val_predictions.extend(grade(batch.records, texts, self.processor.tokenizer, self.eval_parser))
 
     def on_validation_epoch_end(self):
         predictions, self._val_predictions = gather_predictions(self._val_predictions), []
@@ -71,8 +79,11 @@ class VQAModule(L.LightningModule):
         accumulator = EvalAccumulator(self.eval_parser)
         accumulator.update(predictions)
         summary = accumulator.summary()
-        metrics = {"val/accuracy": summary["accuracy"], "val/format_rate": summary["format_rate"],
-                   "val/reasoning_length": summary["reasoning_length"]}
+        metrics = {
+            "val/accuracy": summary["accuracy"],
+            "val/format_rate": summary["format_rate"],
+            "val/reasoning_length": summary["reasoning_length"],
+        }
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_modality"].items()}
         metrics |= {f"val/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
         # every rank holds the same gathered numbers (their mean is exact): logged on every rank so that
@@ -80,8 +91,15 @@ class VQAModule(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=summary["n"], sync_dist=True)
 
     def evaluate(self, batches, *, progress: bool = True, description: str = "evaluating"):
-        return evaluate_batches(self.model, batches, self.generator, greedy(self.eval_max_new_tokens),
-                                progress=progress, description=description, parser=self.eval_parser)
+        return evaluate_batches(
+            self.model,
+            batches,
+            self.sampler,
+            greedy(self.eval_max_new_tokens),
+            progress=progress,
+            description=description,
+            parser=self.eval_parser,
+        )
 
     # --- exact resume: random states travel with the checkpoint ---------------------------------
 
@@ -94,12 +112,17 @@ class VQAModule(L.LightningModule):
         states = checkpoint.get("medr1_rng")
         if not states:
             return
-        per_rank = states.get("per_rank", [states])  # checkpoints before per-rank states held one
+        per_rank = states["per_rank"]
         rank = self.global_rank if self._trainer is not None else 0
-        if len(per_rank) != _world_size():  # also covers a rank with no state of its own
-            log.warning("checkpoint holds random states of %d process(es), resuming on %d: rank %d restores "
-                        "rank %d's, so sampling will not repeat the interrupted run exactly",
-                        len(per_rank), _world_size(), rank, rank % len(per_rank))
+        if len(per_rank) != world_size():  # also covers a rank with no state of its own
+            log.warning(
+                "checkpoint holds random states of %d process(es), resuming on %d: rank %d restores "
+                "rank %d's, so sampling will not repeat the interrupted run exactly",
+                len(per_rank),
+                world_size(),
+                rank,
+                rank % len(per_rank),
+            )
         _set_random_states(per_rank[rank % len(per_rank)])
 
 
@@ -120,23 +143,6 @@ def _set_random_states(states: dict) -> None:
     random.setstate(states["python"])
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if _distributed() else 1
-
-
-def gather_objects(value) -> list:
-    """[value of rank 0, value of rank 1, ...]; [value] outside distributed runs."""
-    if not _distributed():
-        return [value]
-    gathered = [None] * _world_size()
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
-
-
 def _numpy_state_to_plain(state: tuple) -> tuple:
     """numpy's RNG state with its key array as a tensor: loadable by torch.load(weights_only=True)."""
     name, keys, position, has_gauss, cached = state
@@ -146,12 +152,3 @@ def _numpy_state_to_plain(state: tuple) -> tuple:
 def _numpy_state_from_plain(state: tuple) -> tuple:
     name, keys, position, has_gauss, cached = state
     return name, keys.numpy().astype(np.uint32), position, has_gauss, cached
-
-
-def gather_predictions(predictions: list) -> list:
-    """All ranks' predictions, each question once (a distributed sampler pads with repeats)."""
-    unique = {}
-    for rank_predictions in gather_objects(predictions):
-        for prediction in rank_predictions:
-            unique.setdefault(prediction.id, prediction)
-    return list(unique.values())

@@ -28,4 +28,6 @@ class CountGradientAllReduces(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"bucket_all_reduces": self.buckets}))
+        (self.out / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"bucket_all_reduces": self.buckets})
+        )

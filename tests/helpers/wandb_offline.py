@@ -28,7 +28,9 @@ def run_file(path: str | Path) -> Path:
         return path
     files = sorted(path.rglob("run-*.wandb"), key=lambda p: p.stat().st_mtime)
     if not files:
-        raise FileNotFoundError(f"no run-*.wandb file under {path}; is it a W&B run folder (wandb/offline-run-...)?")
+        raise FileNotFoundError(
+            f"no run-*.wandb file under {path}; is it a W&B run folder (wandb/offline-run-...)?"
+        )
     return files[-1]
 
 
@@ -84,8 +86,12 @@ def read_history(path: str | Path, wait: float = 30.0) -> list[dict]:
             break
         time.sleep(0.2)
     if not finished:
-        log.warning("%s has no exit record after %.0f s: the run crashed or is still running; "
-                    "reading the rows written so far", run_file(path), wait)
+        log.warning(
+            "%s has no exit record after %.0f s: the run crashed or is still running; "
+            "reading the rows written so far",
+            run_file(path),
+            wait,
+        )
     rows = []
     for record in records:
         if record.WhichOneof("record_type") == "history":
@@ -102,5 +108,10 @@ def read_run(path: str | Path) -> dict:
     for record in _parsed_records(path):
         if record.WhichOneof("record_type") == "run":
             run = record.run
-            return {"group": run.run_group, "tags": list(run.tags), "project": run.project, "name": run.display_name}
+            return {
+                "group": run.run_group,
+                "tags": list(run.tags),
+                "project": run.project,
+                "name": run.display_name,
+            }
     raise ValueError(f"{path}: no run record")

@@ -1,0 +1,159 @@
+"""Per-token log-probs (and entropy) of sampled completions under a model, each prompt run once.
+
+`completion_logprobs` (shared_prompt=True) runs B prompts with grad, expands the KV cache G ways and
+scores the G completions on it, so all G gradients flow back into one prompt pass.
+`completion_logprobs(shared_prompt=False)` is the plain reference: each prompt repeated G times in
+one full-sequence forward (what TRL does); the tests check both give the same log-probs. Prompts and
+their images are sliced (`select_prompts`) and repeated (`repeat_prompts`) here, patches included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medr1.data.batches import PromptBatch
+from medr1.models.qwen2_vl import prompt_positions, text_positions, unwrap
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits` [N, T, V] for token ids [N, T], row by row to bound memory."""
+    rows = []
+    for row_logits, row_ids in zip(logits, token_ids, strict=True):
+        log_probs = row_logits.float().log_softmax(-1)
+        rows.append(log_probs.gather(-1, row_ids[:, None]).squeeze(-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy [N, T] of the next-token distributions (for logging)."""
+    rows = []
+    for row in logits:
+        log_probs = row.float().log_softmax(-1)
+        rows.append(-(log_probs.exp() * log_probs).sum(-1))
+    return torch.stack(rows)
+
+
+# --- prompts and their images ----------------------------------------------------------------
+
+
+def select_prompts(batch: PromptBatch, start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Model inputs of prompts start..stop-1 (their images' patches included)."""
+    inputs = batch.model_inputs
+    rows = {k: v[start:stop] for k, v in inputs.items() if v.shape[:1] == inputs["input_ids"].shape[:1]}
+    if "image_grid_thw" in inputs:
+        counts = batch.images_per_prompt.tolist()
+        first_image, last_image = sum(counts[:start]), sum(counts[:stop])
+        patches = inputs["image_grid_thw"].prod(-1).tolist()
+        rows["image_grid_thw"] = inputs["image_grid_thw"][first_image:last_image]
+        rows["pixel_values"] = inputs["pixel_values"][sum(patches[:first_image]) : sum(patches[:last_image])]
+    return rows
+
+
+def repeat_prompts(prompt_inputs: dict, num_generations: int, images_per_prompt: torch.Tensor | None) -> dict:
+    """Each prompt (and its images' patches) repeated G times, at rows b*G .. b*G+G-1."""
+    if num_generations == 1:
+        return dict(prompt_inputs)
+    input_ids = prompt_inputs["input_ids"]
+    repeated = {
+        k: v.repeat_interleave(num_generations, 0)
+        for k, v in prompt_inputs.items()
+        if torch.is_tensor(v) and v.shape[:1] == input_ids.shape[:1]
+    }
+    grid = prompt_inputs.get("image_grid_thw")
+    if grid is not None:
+        if images_per_prompt is None:
+            images_per_prompt = torch.ones(len(input_ids), dtype=torch.long)
+        # the grid and pixel lists hold the images in prompt order: prompt b owns the next count_b
+        image_patches = list(torch.split(prompt_inputs["pixel_values"], grid.prod(-1).tolist()))
+        grid_rows, patch_chunks, first = [], [], 0
+        for count in images_per_prompt.tolist():
+            own = range(first, first + count)
+            first += count
+            for _ in range(num_generations):
+                grid_rows.extend(grid[i] for i in own)
+                patch_chunks.extend(image_patches[i] for i in own)
+        repeated["image_grid_thw"] = torch.stack(grid_rows)
+        repeated["pixel_values"] = torch.cat(patch_chunks)
+    return repeated
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CompletionScores:
+    logprobs: torch.Tensor  # [N, T] log p of each completion token
+    entropy: torch.Tensor | None  # [N, T] next-token entropy (no grad), when asked for
+
+
+def completion_logprobs(
+    model,
+    prompt_inputs: dict,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    num_generations: int,
+    shared_prompt: bool = True,
+    images_per_prompt: torch.Tensor | None = None,
+    with_entropy: bool = False,
+) -> CompletionScores:
+    """Per-token log-probs [B*G, T] of completions under `model` (grad flows if enabled).
+
+    Gradient checkpointing cannot keep a KV cache, so a checkpointed model in training scores the
+    full sequences instead (same values, the prompt's cost paid G times).
+    """
+    checkpointed = getattr(unwrap(model), "is_activation_checkpointing", False)
+    if shared_prompt and model.training and torch.is_grad_enabled() and checkpointed:
+        shared_prompt = False
+    if shared_prompt:
+        logits = _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations)
+    else:
+        repeated = repeat_prompts(prompt_inputs, num_generations, images_per_prompt)
+        logits = _logits_full_sequence(model, repeated, completion_ids, completion_mask)
+    return CompletionScores(
+        logprobs=token_logprobs(logits, completion_ids),
+        entropy=token_entropy(logits) if with_entropy else None,
+    )
+
+
+def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations):
+    """Logits [N, T, V] predicting each completion token; the prompt runs once per prompt."""
+    positions, next_position = prompt_positions(model, prompt_inputs)
+    output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = output.logits[:, -1:].repeat_interleave(num_generations, 0)  # [N, 1, V]
+    if completion_ids.shape[1] == 1:
+        return first
+    cache = output.cache
+    cache.batch_repeat_interleave(num_generations)
+    next_position = next_position.repeat_interleave(num_generations, 0)
+    attention_mask = torch.cat(
+        [prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0), completion_mask[:, :-1]],
+        dim=1,
+    )
+    rest = model(
+        input_ids=completion_ids[:, :-1],
+        attention_mask=attention_mask,
+        cache=cache,
+        position_ids=text_positions(next_position, 0, completion_ids.shape[1] - 1),
+        use_cache=True,
+    ).logits
+    return torch.cat([first, rest], dim=1)
+
+
+def _logits_full_sequence(model, repeated, completion_ids, completion_mask):
+    """Logits [N, T, V] from one forward over prompt+completion, one prompt row per completion."""
+    input_ids = torch.cat([repeated["input_ids"], completion_ids], dim=1)
+    attention_mask = torch.cat([repeated["attention_mask"], completion_mask], dim=1)
+    mm_types = repeated.get("mm_token_type_ids")
+    if mm_types is not None:
+        repeated["mm_token_type_ids"] = F.pad(mm_types, (0, completion_ids.shape[1]))
+    full = {**repeated, "input_ids": input_ids, "attention_mask": attention_mask}
+    positions, _ = prompt_positions(model, full)
+    logits = model(
+        **full, position_ids=positions, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1
+    ).logits
+    return logits[:, :-1]

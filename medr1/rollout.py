@@ -1,0 +1,161 @@
+"""Sample G completions per prompt with one prefill: `SamplingConfig`, `sample_completions`, the
+`Sampler` that training, validation and evaluation share, and `greedy()`.
+
+A VLM prompt is mostly image tokens and a causal model's prompt states do not depend on the
+completion, so `sample_completions` prefills B prompts once, expands the KV cache G ways and samples
+B*G completions (HF `generate` with `num_return_sequences=G` repeats every prompt G times instead).
+Departure from Med-R1's trainer (TRL 0.14): the vision/grounding special tokens cannot be sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medr1.data.batches import PromptBatch
+from medr1.models.qwen2_vl import VISION_TOKENS, prompt_positions, text_positions
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+
+
+def greedy(max_new_tokens: int) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+
+
+def banned_token_ids(processor) -> list[int]:
+    """Ids of the vision/grounding special tokens, which sampled completions must not contain."""
+    vocab = processor.tokenizer.get_vocab()
+    return sorted(vocab[token] for token in VISION_TOKENS if token in vocab)
+
+
+def stop_token_ids(processor, model) -> list[int]:
+    """Token ids that end a completion: the generation config's eos ids plus <|im_end|>."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != processor.tokenizer.unk_token_id:
+        ids.add(im_end)
+    if processor.tokenizer.eos_token_id is not None:
+        ids.add(processor.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, banned_ids: torch.Tensor | None) -> torch.Tensor:
+    """Apply banned tokens, temperature, top-k and top-p to next-token logits [N, V]."""
+    logits = logits.float()
+    if banned_ids is not None and banned_ids.numel():
+        logits[:, banned_ids] = float("-inf")
+    if not cfg.do_sample:
+        return logits
+    logits = logits / max(cfg.temperature, 1e-6)
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    if cfg.do_sample:
+        return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(-1)
+    return logits.argmax(-1)
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    prompt_inputs: dict,
+    cfg: SamplingConfig,
+    *,
+    num_generations: int,
+    stop_ids: list[int],
+    pad_id: int,
+    banned_ids: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample `num_generations` completions per prompt; returns ids and mask, both [B*G, T].
+
+    Completions of prompt b sit at rows b*G .. b*G+G-1. A completion ends with (and includes) its
+    first stop token; positions after it hold `pad_id` and mask 0.
+    """
+    device = prompt_inputs["input_ids"].device
+    positions, next_position = prompt_positions(model, prompt_inputs)
+    output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = output.cache
+    logits = output.logits[:, -1]
+    if num_generations > 1:  # one prefill, G completions: expand the cache instead of the prompt
+        cache.batch_repeat_interleave(num_generations)
+        logits = logits.repeat_interleave(num_generations, 0)
+        next_position = next_position.repeat_interleave(num_generations, 0)
+    attention_mask = prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
+    n = attention_mask.shape[0]
+    banned = torch.tensor(banned_ids or [], dtype=torch.long, device=device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens, masks = [], []
+    for step in range(cfg.max_new_tokens):
+        token = next_tokens(filter_logits(logits, cfg, banned), cfg)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        masks.append(~finished)
+        finished = finished | torch.isin(token, stops)
+        if finished.all() or step == cfg.max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        output = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=text_positions(next_position, step, 1),
+            use_cache=True,
+        )
+        logits = output.logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(masks, 1).long()
+
+
+@dataclass
+class Sampler:
+    """Samples completions for prompt batches with the processor's stop, pad and banned tokens."""
+
+    processor: object
+    stop_ids: list[int]
+    pad_id: int
+    banned_ids: list[int]
+
+    @classmethod
+    def for_model(cls, model, processor) -> Sampler:
+        return cls(
+            processor,
+            stop_token_ids(processor, model),
+            processor.tokenizer.pad_token_id,
+            banned_token_ids(processor),
+        )
+
+    def complete(self, model, batch: PromptBatch, sampling: SamplingConfig, num_generations: int = 1):
+        """(completion ids [B*G, T], mask [B*G, T], decoded texts [B*G])."""
+        ids, mask = sample_completions(
+            model,
+            batch.model_inputs,
+            sampling,
+            num_generations=num_generations,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            banned_ids=self.banned_ids,
+        )
+        return ids, mask, self.decode(ids, mask)
+
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        return self.processor.tokenizer.batch_decode(rows, skip_special_tokens=True)

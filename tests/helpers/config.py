@@ -1,0 +1,33 @@
+"""The real Hydra config composed with tiny/CPU overrides, as run.py would see it, and the fast
+end-to-end settings most training tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# fast settings for end-to-end runs: few steps, short completions, small splits
+FAST = [
+    "logger=csv",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=2",
+    "trainer.enable_progress_bar=false",
+    "data.val_size=8",
+    "data.batch_size=4",
+    "data.source.size=5",
+    "algo.num_generations=4",
+    "eval.before_training=false",
+    "checkpoint.every_n_steps=2",
+]
+
+
+def compose_config(overrides: list[str], run_dir: Path | None = None):
+    """The real config tree (conf/) with `overrides`, as run.py would see it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    if run_dir is not None:
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
