@@ -13,18 +13,7 @@ import pytest
 from medr1.answers import extract_choice
 from medr1.data.records import VQARecord
 from medr1.grading import EvalAccumulator, grade
-from tests.helpers.config import REPO
-
-SUMMARY_KEYS = {
-    "accuracy",
-    "n",
-    "by_modality",
-    "by_question_type",
-    "format_rate",
-    "reasoning_length",
-    "parser",
-    "accuracy_by_parser",
-}
+from tests.helpers.config import REPO, SUMMARY_KEYS
 
 
 def accuracy_by_parser_by_hand(lines: list[dict]) -> dict[str, float]:

@@ -11,18 +11,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from medr1.train import train
-from tests.helpers.config import FAST, compose_config
-
-SUMMARY_KEYS = {
-    "accuracy",
-    "n",
-    "by_modality",
-    "by_question_type",
-    "format_rate",
-    "reasoning_length",
-    "parser",
-    "accuracy_by_parser",
-}
+from tests.helpers.config import FAST, SUMMARY_KEYS, compose_config
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

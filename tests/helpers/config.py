@@ -21,6 +21,18 @@ FAST = [
     "checkpoint.every_n_steps=2",
 ]
 
+# the keys of every eval/summary.json
+SUMMARY_KEYS = {
+    "accuracy",
+    "n",
+    "by_modality",
+    "by_question_type",
+    "format_rate",
+    "reasoning_length",
+    "parser",
+    "accuracy_by_parser",
+}
+
 
 def compose_config(overrides: list[str], run_dir: Path | None = None):
     """The real config tree (conf/) with `overrides`, as run.py would see it."""
