@@ -17,14 +17,22 @@ from contextlib import nullcontext
 import torch
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-TRUE_LOW_PRECISION = {"bf16-true": torch.bfloat16, "bf16": torch.bfloat16, "16-true": torch.float16}
-MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
+TRUE_LOW_PRECISION = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# Lightning's legacy names, converted as Lightning converts them ("bf16" is bf16-mixed, not bf16-true)
+LEGACY_NAMES = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true", "64": "64-true"}
+
+
+def canonical_precision(precision: object) -> str:
+    """The Trainer's precision name for a `trainer.precision` value (legacy names and ints included)."""
+    return LEGACY_NAMES.get(str(precision), str(precision))
 
 
 def training_weight_dtype(model, precision: str) -> torch.dtype:
     """The dtype the trainable weights will have during training: a `*-true` precision converts them."""
-    if str(precision) in TRUE_LOW_PRECISION:
-        return TRUE_LOW_PRECISION[str(precision)]
+    precision = canonical_precision(precision)
+    if precision in TRUE_LOW_PRECISION:
+        return TRUE_LOW_PRECISION[precision]
     dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
     low = dtypes & set(LOW_PRECISION)
     return next(iter(low)) if low else torch.float32
@@ -46,7 +54,7 @@ def check_trainable_precision(model, precision: str, strategy: object, allow_low
 
 def autocast_for(precision: str, device: torch.device | str):
     """The Trainer's autocast for `precision` on `device` (a no-op for 32-true and *-true)."""
-    dtype = MIXED.get(str(precision))
+    dtype = MIXED.get(canonical_precision(precision))
     if dtype is None:
         return nullcontext()
     device_type = torch.device(device).type

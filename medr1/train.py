@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
     check_trainable_precision(
         policy.model,
-        str(cfg.trainer.precision),
+        trainer.precision,  # Lightning's own name for it (legacy aliases resolved)
         trainer.strategy,
         bool(cfg.model.get("allow_low_precision_weights")),
     )
@@ -132,7 +132,7 @@ def evaluate_on_device(module, trainer: L.Trainer, datamodule, description: str)
     leaves the model on the CPU), so a GPU run evaluates on the GPU with the precision it trained in."""
     device = trainer.strategy.root_device
     module.to(device)
-    with autocast_for(str(trainer.precision), device):
+    with autocast_for(trainer.precision, device):
         return module.evaluate(datamodule.test_dataloader(), description=description)
 
 

@@ -155,3 +155,12 @@ def test_evaluation_only_run_under_a_gpu_trainer_config_evaluates_under_its_auto
     )
     summary = evaluate(cfg)
     assert summary["n"] > 0
+
+
+def test_lightning_legacy_precision_names_mean_mixed_precision():
+    fp32 = torch.nn.Linear(4, 4)
+    assert training_weight_dtype(fp32, "bf16") == torch.float32  # Lightning: bf16 = bf16-mixed
+    check_trainable_precision(fp32, "bf16", object(), allow_low_precision=False)
+    assert training_weight_dtype(fp32, 16) == torch.float32
+    with autocast_for("bf16", "cpu"):
+        assert fp32(torch.ones(1, 4)).dtype == torch.bfloat16
