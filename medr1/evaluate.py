@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from medr1.answers import get_parser
 from medr1.builders import build_datamodule, load_policy, run_dir_of
@@ -26,13 +26,6 @@ from medr1.precision import autocast_for
 from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
-
-
-def _container(value):
-    """A config value as plain data (resolved), for hashing; None stays None."""
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
 
 
 def _parser_of(cfg: DictConfig) -> str:
@@ -57,9 +50,9 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
         "dtype": cfg.model.dtype,
         "data": OmegaConf.to_container(cfg.data.source, resolve=True),
         "max_test_per_modality": cfg.data.get("max_test_per_modality"),
-        "prompt": _container(cfg.prompt),
-        "eval_prompt": _container(cfg.eval.get("prompt")),
-        "resize": _container(cfg.data.get("resize")),
+        "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+        "eval_prompt": cfg.eval.get("prompt"),  # a template name or string (interpolation resolved)
+        "resize": cfg.data.get("resize"),
         "parser": _parser_of(cfg),
         "max_new_tokens": cfg.eval.max_new_tokens,
         "seed": cfg.seed,
