@@ -154,8 +154,8 @@ class PromptFormat:
 
     @property
     def text(self) -> str:
-        """The template's format string."""
-        return resolve_template(self.template)
+        """The template's format string (checked once, in __post_init__)."""
+        return NAMED_TEMPLATES.get(self.template, self.template)
 
     @property
     def asks_for_reasoning(self) -> bool:
