@@ -48,7 +48,7 @@ def experiment_overrides(name: str, released: dict[str, Path]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_file_composes_with_its_sweep(name):
+def test_every_experiment_file_composes_for_the_real_model(name):
     cfg = compose_config([f"experiment={name}"])
     assert cfg.experiment_name == name
     if name != "demo":
