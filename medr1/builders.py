@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medr1.data.datamodule import VQADataModule
 from medr1.models.checkpoints import resolve_model_path
+from medr1.models.families import family_of
 from medr1.models.loading import load_model, load_processor
 from medr1.models.tuning import apply_tuning, trainable_summary
 from medr1.rl.module import GRPOModule
@@ -37,6 +38,7 @@ def load_policy(cfg: DictConfig, *, train: bool) -> Policy:
     log.info("loading model %s from %s", cfg.model.name, path)
     processor = load_processor(cfg.model, path)
     model = load_model(cfg.model, path)
+    log.info("model family %s", family_of(model).describe())
     if train:
         model = apply_tuning(model, cfg.tuning).train()
         log.info("tuning=%s: %s", cfg.tuning.name, trainable_summary(model))
@@ -52,6 +54,8 @@ def build_datamodule(cfg: DictConfig, processor, *, with_targets: bool = False) 
         prompt=cfg.prompt,  # the prompt group: template and option layout (medr1.data.prompts.PromptFormat)
         eval_prompt=cfg.eval.get("prompt"),
         resize=cfg.data.get("resize"),
+        image=cfg.get("image"),  # DICOM/NIfTI window, slice axis and count (medr1.data.images.ImageSettings)
+        max_pixels=cfg.model.get("max_pixels"),  # a volume's slices share one image's pixel budget
         train_modality=cfg.modality.name,
         train_question_type=cfg.question_type.name,
         batch_size=int(cfg.data.batch_size),

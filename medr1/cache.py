@@ -1,4 +1,5 @@
-"""Derived files cached on disk: a stable key for JSON-able inputs, and folders written atomically.
+"""Derived files cached on disk: a stable key for JSON-able inputs, and folders (and single files)
+written atomically.
 
 Checkpoints built offline, the synthetic data set and reused evaluations are all cached this way: a
 changed input gets a new key, and readers never see a half-written folder.
@@ -12,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,4 +46,19 @@ def write_atomically(
             log.info("another process wrote %s first; using it", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def write_file_atomically(target: Path, text: str) -> Path:
+    """Write `text` (UTF-8) to a temporary file next to `target`, then rename it to `target`: a reader
+    sees the old file or the whole new one, never a half-written one, and the temporary file never stays
+    behind. The file gets the usual permissions (the umask's), not a temporary file's 0600."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target

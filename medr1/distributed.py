@@ -5,18 +5,39 @@ from __future__ import annotations
 
 import torch
 
+# The blocks FSDP wraps one by one, per family: (transformers module, class names). Each family's
+# text decoder layer and vision block; LLaVA's text layers are those of its language model.
+WRAPPED_LAYERS = [
+    ("transformers.models.qwen2_vl.modeling_qwen2_vl", ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock")),
+    (
+        "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+        ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
+    ),
+    ("transformers.models.qwen3_vl.modeling_qwen3_vl", ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock")),
+    (
+        "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe",
+        ("Qwen3VLMoeTextDecoderLayer", "Qwen3VLMoeVisionBlock"),
+    ),
+    ("transformers.models.clip.modeling_clip", ("CLIPEncoderLayer",)),
+    ("transformers.models.siglip.modeling_siglip", ("SiglipEncoderLayer",)),
+    ("transformers.models.llama.modeling_llama", ("LlamaDecoderLayer",)),
+    ("transformers.models.qwen2.modeling_qwen2", ("Qwen2DecoderLayer",)),
+    ("transformers.models.mistral.modeling_mistral", ("MistralDecoderLayer",)),
+]
+
 
 def decoder_layer_classes() -> set[type]:
-    """Layer classes FSDP wraps one by one: Qwen2-VL / Qwen2.5-VL decoder and vision blocks."""
-    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen2_vl
+    """Layer classes FSDP wraps one by one: every supported family's decoder layers and vision blocks
+    (those this transformers version ships)."""
+    import importlib
 
-    classes = {qwen2_vl.Qwen2VLDecoderLayer, qwen2_vl.Qwen2VLVisionBlock}
-    try:
-        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen2_5_vl
-
-        classes |= {qwen2_5_vl.Qwen2_5_VLDecoderLayer, qwen2_5_vl.Qwen2_5_VLVisionBlock}
-    except (ImportError, AttributeError):
-        pass
+    classes = set()
+    for module_name, names in WRAPPED_LAYERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        classes |= {getattr(module, name) for name in names if hasattr(module, name)}
     return classes
 
 

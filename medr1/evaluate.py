@@ -28,11 +28,16 @@ from medr1.rollout import Sampler, greedy
 log = logging.getLogger(__name__)
 
 
-def _parser_of(cfg: DictConfig) -> str:
+def parser_of(cfg: DictConfig) -> str:
     """eval.parser, checked; "robust" for configs saved before the key existed."""
     parser = str(cfg.eval.get("parser") or "robust")
     get_parser(parser)
     return parser
+
+
+def device_of(cfg: DictConfig) -> str:
+    """The device the Trainer would run on: cuda for trainer.accelerator gpu/cuda, else the CPU."""
+    return "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
 
 
 def evaluation_key(cfg: DictConfig, model_path: str) -> str:
@@ -53,7 +58,8 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
         "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
         "eval_prompt": cfg.eval.get("prompt"),  # a template name or string (interpolation resolved)
         "resize": cfg.data.get("resize"),
-        "parser": _parser_of(cfg),
+        "image": OmegaConf.to_container(cfg.image, resolve=True) if cfg.get("image") is not None else None,
+        "parser": parser_of(cfg),
         "max_new_tokens": cfg.eval.max_new_tokens,
         "seed": cfg.seed,
     }
@@ -63,7 +69,7 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate cfg.model on the whole test split, answers read by eval.parser; writes <run dir>/eval/
     and returns the summary."""
-    parser = _parser_of(cfg)  # an unknown parser fails before the model loads
+    parser = parser_of(cfg)  # an unknown parser fails before the model loads
     L.seed_everything(int(cfg.seed))
     run_dir = run_dir_of(cfg)
     stored = None
@@ -83,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
             return summary
 
     policy = load_policy(cfg, train=False)
-    device = "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
+    device = device_of(cfg)
     policy.model.to(device)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("test")

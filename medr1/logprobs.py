@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medr1.data.batches import PromptBatch
-from medr1.models.qwen2_vl import prompt_positions, text_positions, unwrap
+from medr1.models.families import family_of, unwrap
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -104,10 +104,13 @@ def completion_logprobs(
     """Per-token log-probs [B*G, T] of completions under `model` (grad flows if enabled).
 
     Gradient checkpointing cannot keep a KV cache, so a checkpointed model in training scores the
-    full sequences instead (same values, the prompt's cost paid G times).
+    full sequences instead (same values, the prompt's cost paid G times); so does every model family
+    outside the shared-prompt path (medr1.models.families).
     """
     checkpointed = getattr(unwrap(model), "is_activation_checkpointing", False)
     if shared_prompt and model.training and torch.is_grad_enabled() and checkpointed:
+        shared_prompt = False
+    if not family_of(model).shared_prompt:
         shared_prompt = False
     if shared_prompt:
         logits = _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations)
@@ -122,7 +125,8 @@ def completion_logprobs(
 
 def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations):
     """Logits [N, T, V] predicting each completion token; the prompt runs once per prompt."""
-    positions, next_position = prompt_positions(model, prompt_inputs)
+    family = family_of(model)
+    positions, next_position = family.prompt_positions(model, prompt_inputs)
     output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = output.logits[:, -1:].repeat_interleave(num_generations, 0)  # [N, 1, V]
     if completion_ids.shape[1] == 1:
@@ -138,7 +142,7 @@ def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask,
         input_ids=completion_ids[:, :-1],
         attention_mask=attention_mask,
         cache=cache,
-        position_ids=text_positions(next_position, 0, completion_ids.shape[1] - 1),
+        position_ids=family.text_positions(next_position, 0, completion_ids.shape[1] - 1),
         use_cache=True,
     ).logits
     return torch.cat([first, rest], dim=1)
@@ -152,7 +156,7 @@ def _logits_full_sequence(model, repeated, completion_ids, completion_mask):
     if mm_types is not None:
         repeated["mm_token_type_ids"] = F.pad(mm_types, (0, completion_ids.shape[1]))
     full = {**repeated, "input_ids": input_ids, "attention_mask": attention_mask}
-    positions, _ = prompt_positions(model, full)
+    positions, _ = family_of(model).prompt_positions(model, full)
     logits = model(
         **full, position_ids=positions, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1
     ).logits

@@ -1,4 +1,4 @@
-"""Dispatch on `mode`: train (then evaluate) or evaluate only."""
+"""Dispatch on `mode`: train (then evaluate), evaluate only, predict, or check (pre-flight)."""
 
 from __future__ import annotations
 
@@ -63,4 +63,14 @@ def run(cfg: DictConfig) -> float:
         from medr1.evaluate import evaluate
 
         return evaluate(cfg)["accuracy"]
-    raise ValueError(f"mode={cfg.mode!r}; choose train or eval")
+    if cfg.mode == "predict":
+        from medr1.predict import predict
+
+        predict(cfg)
+        return float("nan")
+    if cfg.mode == "check":
+        from medr1.check import check
+
+        check(cfg)
+        return float("nan")
+    raise ValueError(f"mode={cfg.mode!r}; choose train, eval, predict or check")

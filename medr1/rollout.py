@@ -2,9 +2,12 @@
 `Sampler` that training, validation and evaluation share, and `greedy()`.
 
 A VLM prompt is mostly image tokens and a causal model's prompt states do not depend on the
-completion, so `sample_completions` prefills B prompts once, expands the KV cache G ways and samples
-B*G completions (HF `generate` with `num_return_sequences=G` repeats every prompt G times instead).
-Departure from Med-R1's trainer (TRL 0.14): the vision/grounding special tokens cannot be sampled.
+completion, so for the Qwen families `sample_completions` prefills B prompts once, expands the KV
+cache G ways and samples B*G completions (HF `generate` with `num_return_sequences=G` repeats every
+prompt G times instead). Any other model family (medr1.models.families) takes the generic path:
+each prompt repeated G times and sampled by `generate()` with the same settings, stop and banned
+tokens. Departure from Med-R1's trainer (TRL 0.14): the vision/grounding special tokens cannot be
+sampled.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from medr1.data.batches import PromptBatch
-from medr1.models.qwen2_vl import VISION_TOKENS, prompt_positions, text_positions
+from medr1.logprobs import repeat_prompts
+from medr1.models.families import family_of, placeholder_tokens, unwrap
 
 
 @dataclass
@@ -31,9 +35,9 @@ def greedy(max_new_tokens: int) -> SamplingConfig:
 
 
 def banned_token_ids(processor) -> list[int]:
-    """Ids of the vision/grounding special tokens, which sampled completions must not contain."""
+    """Ids of the vision/grounding/image placeholder tokens, which sampled completions must not contain."""
     vocab = processor.tokenizer.get_vocab()
-    return sorted(vocab[token] for token in VISION_TOKENS if token in vocab)
+    return sorted({vocab[token] for token in placeholder_tokens(processor) if token in vocab})
 
 
 def stop_token_ids(processor, model) -> list[int]:
@@ -84,14 +88,28 @@ def sample_completions(
     stop_ids: list[int],
     pad_id: int,
     banned_ids: list[int] | None = None,
+    images_per_prompt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions per prompt; returns ids and mask, both [B*G, T].
 
     Completions of prompt b sit at rows b*G .. b*G+G-1. A completion ends with (and includes) its
-    first stop token; positions after it hold `pad_id` and mask 0.
+    first stop token; positions after it hold `pad_id` and mask 0. `images_per_prompt` [B] (default
+    one each) tells the generic path which images belong to which prompt.
     """
+    family = family_of(model)
+    if not family.shared_prompt:
+        return _generate_repeated(
+            model,
+            prompt_inputs,
+            cfg,
+            num_generations=num_generations,
+            stop_ids=stop_ids,
+            pad_id=pad_id,
+            banned_ids=banned_ids,
+            images_per_prompt=images_per_prompt,
+        )
     device = prompt_inputs["input_ids"].device
-    positions, next_position = prompt_positions(model, prompt_inputs)
+    positions, next_position = family.prompt_positions(model, prompt_inputs)
     output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = output.cache
     logits = output.logits[:, -1]
@@ -118,11 +136,44 @@ def sample_completions(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             cache=cache,
-            position_ids=text_positions(next_position, step, 1),
+            position_ids=family.text_positions(next_position, step, 1),
             use_cache=True,
         )
         logits = output.logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(masks, 1).long()
+
+
+def _generate_repeated(
+    model, prompt_inputs, cfg, *, num_generations, stop_ids, pad_id, banned_ids, images_per_prompt
+):
+    """The generic path: each prompt (and its images) repeated G times, sampled by `generate()`.
+
+    Every sampling setting is passed explicitly, so a checkpoint's own generation_config.json (e.g.
+    a model card's temperature) never changes what the run configured; `generate()` fills only the
+    values left unset.
+    """
+    from transformers import GenerationConfig
+
+    repeated = repeat_prompts(prompt_inputs, num_generations, images_per_prompt)
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p) if cfg.do_sample else {}
+    generation = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.do_sample,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        suppress_tokens=list(banned_ids) or None,
+        **sampling,
+    )
+    prompt_length = repeated["input_ids"].shape[1]
+    sequences = unwrap(model).generate(**repeated, generation_config=generation)
+    tokens = sequences[:, prompt_length:]
+    stops = torch.isin(tokens, torch.tensor(stop_ids, dtype=torch.long, device=tokens.device))
+    # a token is part of the completion up to and including the first stop
+    stopped_before = (stops.long().cumsum(1) - stops.long()) > 0
+    mask = (~stopped_before).long()
+    return tokens.masked_fill(stopped_before, pad_id), mask
 
 
 @dataclass
@@ -153,6 +204,7 @@ class Sampler:
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,
             banned_ids=self.banned_ids,
+            images_per_prompt=batch.images_per_prompt,
         )
         return ids, mask, self.decode(ids, mask)
 

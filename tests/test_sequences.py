@@ -7,8 +7,8 @@ import torch
 
 from medr1.data.batches import PromptCollator
 from medr1.logprobs import completion_logprobs
+from medr1.models.families import VISION_TOKENS
 from medr1.models.loading import load_model, load_processor
-from medr1.models.qwen2_vl import VISION_TOKENS
 from medr1.rollout import Sampler, SamplingConfig, filter_logits
 from tests.helpers.config import compose_config
 

@@ -5,6 +5,11 @@ output) followed, where there is one, by a right-padded completion. An SFT targe
 a completion the model would generate (target tokens + <|im_end|>), so SFT trains on exactly the
 token sequences that evaluation decodes. With `data.resize=N` every image is first resized to N x N
 (Med-R1 pre-resized its images to 384 x 384), in training and evaluation alike.
+
+Image files are read by medr1.data.images (the `image` config block): a picture is one image; a DICOM
+or NIfTI volume gives `image.slices` slices, each an image of the same prompt, so a prompt holds one
+image placeholder per image produced and `images_per_prompt` counts them. The slices of one file share
+the pixel budget (`model.max_pixels`) one image would have.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from medr1.data.images import ImageSettings, load_images
 from medr1.data.prompts import PromptFormat, chat_messages, target_text
 from medr1.data.records import BadRecordError, VQARecord
 
@@ -83,22 +89,30 @@ def check_resize(size) -> int | None:
     return size
 
 
+def check_max_pixels(max_pixels) -> int | None:
+    """`model.max_pixels` checked: a positive int (the pixel budget of one image) or None."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, float) and max_pixels.is_integer():  # e.g. 4.0e5 written in a config
+        max_pixels = int(max_pixels)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"model.max_pixels={max_pixels!r} must be a positive int (pixels per image) or null")
+    return max_pixels
+
+
 def load_image(path: str, record: VQARecord, resize: int | None = None) -> Image.Image:
-    """RGB image at `path`, resized to `resize` x `resize` (bicubic) if given; an unreadable file
-    raises an error naming the record."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise BadRecordError(path, record.id, f"image cannot be read ({error})") from error
-    return rgb if resize is None else rgb.resize((resize, resize), Image.Resampling.BICUBIC)
+    """One RGB image at `path` (a volume's middle slice, in the default window), resized to `resize` x
+    `resize` (bicubic) if given; an unreadable file raises an error naming the record."""
+    return load_images(path, record.id, ImageSettings(), resize)[0]
 
 
 class PromptCollator:
     """Callable collate_fn: records -> PromptBatch (with SFT targets when `with_targets`).
 
     `prompt` is a PromptFormat, a `prompt` config group or a bare template name; `resize` is
-    `data.resize` (None: images keep their size, the processor then applies its pixel budget)."""
+    `data.resize` (None: images keep their size, the processor then applies its pixel budget); `image`
+    is the `image` config block (ImageSettings: window, axis, slices); `max_pixels` is
+    `model.max_pixels`, shared by the slices of a volume (None: each keeps the processor's budget)."""
 
     def __init__(
         self,
@@ -108,29 +122,43 @@ class PromptCollator:
         with_targets: bool = False,
         max_prompt_length: int | None = None,
         resize: int | None = None,
+        image: ImageSettings | Mapping | None = None,
+        max_pixels: int | None = None,
     ):
         self.processor = processor
         self.prompt = PromptFormat.from_config(prompt)
         self.with_targets = with_targets
         self.max_prompt_length = max_prompt_length
         self.resize = check_resize(resize)
+        self.image = ImageSettings.from_config(image)
+        self.max_pixels = check_max_pixels(max_pixels)
+
+    def record_images(self, record: VQARecord) -> list[Image.Image]:
+        """Every image the record's files give, in order (a volume: its chosen slices)."""
+        return [
+            image
+            for path in record.images
+            for image in load_images(path, record.id, self.image, self.resize, self.max_pixels)
+        ]
 
     def __call__(self, records: list[VQARecord]) -> PromptBatch:
+        images = [self.record_images(r) for r in records]
         texts = [
             self.processor.apply_chat_template(
-                chat_messages(r, self.prompt), add_generation_prompt=True, tokenize=False
+                chat_messages(r, self.prompt, n_images=len(own)), add_generation_prompt=True, tokenize=False
             )
-            for r in records
+            for r, own in zip(records, images, strict=True)
         ]
-        images = [load_image(path, r, self.resize) for r in records for path in r.images]
         self.processor.tokenizer.padding_side = "left"
-        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        inputs = self.processor(
+            text=texts, images=[image for own in images for image in own], padding=True, return_tensors="pt"
+        )
         inputs = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
         self._check_length(records, inputs["attention_mask"])
         batch = PromptBatch(
             records=list(records),
             model_inputs=inputs,
-            images_per_prompt=torch.tensor([len(r.images) for r in records]),
+            images_per_prompt=torch.tensor([len(own) for own in images]),
         )
         if self.with_targets:
             batch.target_ids, batch.target_mask = self.tokenize_targets(records)

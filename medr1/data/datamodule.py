@@ -7,7 +7,8 @@ of the test split, since neither paper keeps a separate validation split.
 
 Training batches use the training prompt; validation and test batches use the evaluation template
 (`eval.prompt`, default the training one) with the training prompt's option layout, as Med-R1
-evaluates with templates of its own. `data.resize` applies to every split.
+evaluates with templates of its own. `data.resize`, the `image` block (DICOM/NIfTI window, slice axis
+and count) and the pixel budget `model.max_pixels` apply to every split alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medr1.data.batches import PromptCollator
+from medr1.data.images import ImageSettings
 from medr1.data.names import MODALITIES, QUESTION_TYPES
 from medr1.data.prompts import PromptFormat
 from medr1.data.records import Splits, VQARecord
@@ -124,6 +126,8 @@ class VQADataModule(L.LightningDataModule):
         prompt: PromptFormat | str | Mapping,
         eval_prompt: str | None = None,
         resize: int | None = None,
+        image: ImageSettings | Mapping | None = None,
+        max_pixels: int | None = None,
         train_modality: str = "all",
         train_question_type: str = "all",
         batch_size: int = 8,
@@ -148,14 +152,15 @@ class VQADataModule(L.LightningDataModule):
         self.seed = seed
         self.prompt = PromptFormat.from_config(prompt)
         self.eval_prompt = self.prompt.with_template(eval_prompt)
+        images = dict(resize=resize, image=ImageSettings.from_config(image), max_pixels=max_pixels)
         self.train_collator = PromptCollator(
             processor,
             self.prompt,
             with_targets=with_targets,
             max_prompt_length=max_prompt_length,
-            resize=resize,
+            **images,
         )
-        self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, resize=resize)
+        self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, **images)
         self.splits: Splits | None = None
         self.train_records: list[VQARecord] = []
         self.test_records: list[VQARecord] = []

@@ -178,9 +178,13 @@ def prompt_text(record: VQARecord, prompt: PromptFormat | str | Mapping) -> str:
     return prompt.text.format(Question=question_with_options(record, prompt))
 
 
-def chat_messages(record: VQARecord, prompt: PromptFormat | str | Mapping) -> list[dict]:
-    """One user turn: the record's images, then the prompt text."""
-    content = [{"type": "image"} for _ in record.images]
+def chat_messages(
+    record: VQARecord, prompt: PromptFormat | str | Mapping, n_images: int | None = None
+) -> list[dict]:
+    """One user turn: the record's images, then the prompt text. `n_images` is how many images its
+    files gave (a volume gives one per slice); default one per file."""
+    count = len(record.images) if n_images is None else n_images
+    content = [{"type": "image"} for _ in range(count)]
     content.append({"type": "text", "text": prompt_text(record, prompt)})
     return [{"role": "user", "content": content}]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from medr1.data.image_files import folder_problem, header_problem, image_format
+
 log = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
@@ -133,7 +135,8 @@ def resolve_under_root(root: Path, relative: object) -> Path:
 
 
 class ImageChecker:
-    """Checks each image once: the file exists and, with `verify`, PIL can read its header (cheap)."""
+    """Checks each image once: the file exists and, with `verify`, its header reads (cheap). An image is
+    a picture (PIL), a DICOM or NIfTI file, or a folder holding DICOM files (one series)."""
 
     def __init__(self, verify: bool = True):
         self.verify = verify
@@ -146,10 +149,14 @@ class ImageChecker:
         return self._problems[path]
 
     def _check(self, path: Path) -> str | None:
+        if path.is_dir():
+            return folder_problem(path) or (header_problem(path) if self.verify else None)
         if not path.is_file():
             return f"missing image file: {path}"
         if not self.verify:
             return None
+        if image_format(path) != "picture":
+            return header_problem(path)
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018  (the header parse is the check)

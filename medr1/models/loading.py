@@ -1,17 +1,36 @@
 """Load the policy and its processor from a HF id or a local folder, in the configured dtype and
 attention kernel.
 
-One function loads every model: `Qwen/Qwen2-VL-2B-Instruct`, a local copy of it, or the tiny/bench
+One function loads every model: `Qwen/Qwen2-VL-2B-Instruct`, a local copy of it, any other
+`AutoModelForImageTextToText` checkpoint (Qwen2.5-VL, Qwen3-VL, LLaVA, ...), or the tiny/bench
 checkpoints that medr1 builds offline on first use (medr1.models.checkpoints resolves `model.build`
 to a folder). There is no separate "test" loading path. Imports nothing from medr1.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import torch
 from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Which sub-processors take `model.min_pixels` / `model.max_pixels`, by the checkpoint's model_type.
+# The Qwen image processors read size={"shortest_edge": min_pixels, "longest_edge": max_pixels} as
+# pixel counts per image (sides rounded to patch x merge: 28 px for Qwen2-VL/2.5-VL, 32 for Qwen3-VL).
+# Qwen2-VL/2.5-VL's video processors read it per frame too; Qwen3-VL's reads it as the total over all
+# frames of a video, so it keeps its own. Other processors (LLaVA's CLIP: resize the short side, then
+# crop a fixed square) have no pixel budget: their `size` is an edge, and a pixel count there breaks them.
+PIXEL_BUDGET_PROCESSORS = {
+    "qwen2_vl": ("image_processor", "video_processor"),
+    "qwen2_5_vl": ("image_processor", "video_processor"),
+    "qwen3_vl": ("image_processor",),
+    "qwen3_vl_moe": ("image_processor",),
+}
 
 
 def pick_attn_implementation(requested: str) -> str:
@@ -39,12 +58,19 @@ def pick_dtype(requested: str) -> torch.dtype:
     return DTYPES[requested]
 
 
-def load_processor(model_cfg: DictConfig, path: str):
-    """AutoProcessor with the configured pixel budget; left padding for batched generation."""
-    from transformers import AutoProcessor
+def load_processor(model_cfg: DictConfig | Mapping, path: str):
+    """AutoProcessor with the configured pixel budget (where the model's processor has one); left
+    padding for batched generation."""
+    from transformers import AutoConfig, AutoProcessor
+    from transformers.image_utils import SizeDict
 
-    pixels = {"shortest_edge": int(model_cfg["min_pixels"]), "longest_edge": int(model_cfg["max_pixels"])}
-    processor = AutoProcessor.from_pretrained(path, size=pixels)
+    processor = AutoProcessor.from_pretrained(path)
+    model_type = AutoConfig.from_pretrained(path).model_type
+    min_pixels, max_pixels = int(model_cfg["min_pixels"]), int(model_cfg["max_pixels"])
+    if model_type not in PIXEL_BUDGET_PROCESSORS:
+        log.info("%s sizes images its own way: model.min_pixels/max_pixels are not used", model_type)
+    for name in PIXEL_BUDGET_PROCESSORS.get(model_type, ()):
+        getattr(processor, name).size = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

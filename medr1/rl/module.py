@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor
 
-from medr1.data.batches import PromptBatch
+from medr1.data.batches import PromptBatch, load_image
+from medr1.data.image_files import image_format
 from medr1.grading import grade
 from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
@@ -313,12 +314,15 @@ class GRPOModule(VQAModule):
 
                 group, rows = self.settings.num_generations, []
                 for b, record in enumerate(batch.records):
+                    image = record.images[0]
+                    if image_format(image) != "picture":  # W&B reads pictures: show a volume's middle slice
+                        image = load_image(image, record)
                     for g in range(group):
                         i = b * group + g
                         rows.append(
                             [
                                 self.global_step,
-                                wandb.Image(record.images[0]),
+                                wandb.Image(image),
                                 record.modality,
                                 record.question_type,
                                 record.answer,
