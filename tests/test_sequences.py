@@ -1,4 +1,6 @@
-"""Sampling and scoring with the shared prompt pass: checked against the plain computations."""
+"""Sampling and scoring with the shared prompt pass: checked against the plain computations (the
+shared-prompt vs repeated-prompt and greedy vs generate() checks run for every family in
+tests/test_model_families.py)."""
 
 from __future__ import annotations
 
@@ -25,53 +27,6 @@ def setup(tiny_base_path, synthetic_splits):
     batch = PromptCollator(processor, "think")([records[0], records[-1], records[len(records) // 2]])
     assert batch.model_inputs["attention_mask"].min() == 0, "fixture must contain left padding"
     return model, processor, batch
-
-
-def test_shared_prompt_logprobs_and_gradients_equal_repeated_prompts(setup):
-    model, processor, batch = setup
-    torch.manual_seed(0)
-    sampler = Sampler.for_model(model, processor)
-    ids, mask, _ = sampler.complete(
-        model, batch, SamplingConfig(max_new_tokens=12, temperature=1.5), num_generations=3
-    )
-    grads = []
-    results = []
-    for shared in (True, False):
-        model.zero_grad()
-        scores = completion_logprobs(
-            model,
-            batch.model_inputs,
-            ids,
-            mask,
-            num_generations=3,
-            shared_prompt=shared,
-            images_per_prompt=batch.images_per_prompt,
-        )
-        ((scores.logprobs * mask).sum()).backward()
-        results.append(scores.logprobs.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    valid = mask.bool()
-    assert torch.allclose(results[0][valid], results[1][valid], atol=1e-5)
-    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
-    assert grads[0].norm() > 0
-
-
-def test_greedy_sampling_matches_transformers_generate(setup):
-    model, processor, batch = setup
-    sampler = Sampler.for_model(model, processor)
-    ids, mask, _ = sampler.complete(model, batch, SamplingConfig(max_new_tokens=10, do_sample=False))
-    reference = model.generate(
-        **batch.model_inputs,
-        max_new_tokens=10,
-        do_sample=False,
-        suppress_tokens=sampler.banned_ids,
-        eos_token_id=sampler.stop_ids,
-        pad_token_id=sampler.pad_id,
-    )
-    reference = reference[:, batch.model_inputs["input_ids"].shape[1] :]
-    for row, row_mask, expected in zip(ids, mask, reference, strict=True):
-        produced = row[row_mask.bool()].tolist()
-        assert produced == expected[: len(produced)].tolist()
 
 
 def test_sampled_logprobs_are_the_sampling_distribution(setup):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medr1.models.families_build import BUILDERS, mrope_section
+from medr1.models.families_build import BUILDERS, mrope_section, qwen_text_config
 from medr1.models.tokens import CHAT_TEMPLATE, build_tokenizer, set_generation_tokens, special_token_ids
 from medr1.models.tokens import SPECIAL_TOKENS as SPECIAL_TOKENS  # re-exported: tests import it from here
 
@@ -51,19 +51,14 @@ def build_model(tokenizer, *, text: Mapping[str, Any], vision: Mapping[str, Any]
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     ids = special_token_ids(tokenizer)
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": rope_theta,
-                "mrope_section": mrope_section(head_dim),
-            },
+        text_config=qwen_text_config(
+            tokenizer,
+            ids,
+            text,
+            {"rope_theta": rope_theta, "mrope_section": mrope_section(head_dim)},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=text.pop("tie_word_embeddings", True),
-            **text,
         ),
         vision_config=dict(hidden_size=text["hidden_size"], **vision),
         image_token_id=ids["<|image_pad|>"],

@@ -56,6 +56,21 @@ def mrope_section(head_dim: int) -> list[int]:
     return [quarter, height, half - quarter - height]
 
 
+def qwen_text_config(
+    tokenizer, ids: Mapping[str, int], text: Mapping[str, Any], rope: Mapping[str, Any], **extra
+):
+    """The text_config of a tiny Qwen VL model: the tokenizer's vocabulary, 32k positions, M-RoPE
+    parameters `rope` (rope_theta, mrope_section, ...), <|endoftext|> as padding, the recipe's `text`."""
+    return dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", **rope},
+        pad_token_id=ids["<|endoftext|>"],
+        **extra,
+        **text,
+    )
+
+
 def _seeded(seed: int, make):
     import torch
 
@@ -108,19 +123,14 @@ def build_qwen2_5_vl(recipe: Mapping[str, Any]):
     vision = dict(recipe["vision"])
     patching = _patching(vision, 14)
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": rope_theta,
-                "mrope_section": mrope_section(head_dim),
-            },
+        text_config=qwen_text_config(
+            tokenizer,
+            ids,
+            text,
+            {"rope_theta": rope_theta, "mrope_section": mrope_section(head_dim)},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=tie,
-            **text,
         ),
         vision_config=dict(out_hidden_size=text["hidden_size"], **vision),
         tie_word_embeddings=tie,
@@ -168,18 +178,16 @@ def build_qwen3_vl(recipe: Mapping[str, Any]):
     vision = dict(recipe["vision"])
     patching = _patching(vision, 16)
     config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            head_dim=head_dim,  # Qwen3VLTextConfig's default is 128 whatever the width
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
+        text_config=qwen_text_config(
+            tokenizer,
+            ids,
+            text,
+            {
                 "rope_theta": rope_theta,
                 "mrope_section": qwen3_vl_mrope_section(head_dim),
                 "mrope_interleaved": True,
             },
-            pad_token_id=ids["<|endoftext|>"],
-            **text,
+            head_dim=head_dim,  # Qwen3VLTextConfig's default is 128 whatever the width
         ),
         vision_config=dict(out_hidden_size=text["hidden_size"], **vision),
         tie_word_embeddings=tie,
