@@ -2,13 +2,19 @@
 PYTHON ?= python
 DIR ?=
 
-.PHONY: help install test test-slow test-all demo bench lint report clean study-cross-modality-cpu study-cross-task-cpu study-sft-vs-rl-cpu study-think-vs-nothink-cpu study-medvlm-r1-cpu
+.PHONY: help install upgrade test test-slow test-all demo bench lint report clean study-cross-modality-cpu study-cross-task-cpu study-sft-vs-rl-cpu study-think-vs-nothink-cpu study-medvlm-r1-cpu
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-28s %s\n", $$1, $$2}'
 
-install:  ## install medr1 and everything it needs (torch 2.14.1 + torchvision 0.29.1 pinned)
-	$(PYTHON) -m pip install -e ".[dev]"
+install:  ## install medr1 and everything it needs, at the versions in requirements.lock (the tests passed with them)
+	$(PYTHON) -m pip install -c requirements.lock -e ".[dev]"
+
+upgrade:  ## re-resolve to the newest versions pyproject.toml allows, run the tests, then rewrite requirements.lock
+	$(PYTHON) -m pip install --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(PYTHON) -m pytest -m "not slow" -q
+	$(PYTHON) scripts/lock.py dev > requirements.lock.new && mv requirements.lock.new requirements.lock
+	@echo "requirements.lock rewritten: review and commit it (git diff requirements.lock)"
 
 test:  ## the fast test suite (a few minutes on 2 CPU cores)
 	$(PYTHON) -m pytest -m "not slow" -q
@@ -26,8 +32,8 @@ bench:  ## speed benchmarks: shared-prompt rollout/training vs repeated prompts,
 	$(PYTHON) -m medr1.bench
 
 lint:  ## ruff check and ruff format --check (CI runs it)
-	$(PYTHON) -m ruff check medr1 tests run.py
-	$(PYTHON) -m ruff format --check medr1 tests run.py
+	$(PYTHON) -m ruff check medr1 tests scripts run.py
+	$(PYTHON) -m ruff format --check medr1 tests scripts run.py
 
 report:  ## generalization tables and heatmaps of a sweep: make report DIR=multirun/...
 	@test -n "$(DIR)" || (echo "usage: make report DIR=<sweep dir>" && exit 2)
