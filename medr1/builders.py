@@ -137,8 +137,30 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 name=f"{cfg.experiment_name}-{run_dir.name}" if run_dir.name.isdigit() else run_dir.name,
             )
         )
-        loggers[-1].log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        loggers[-1].log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
     return loggers
+
+
+SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def redact_secrets(value, secrets: set[str] | None = None):
+    """`value` (a resolved config) with every string that holds the value of a secret environment
+    variable (a name containing KEY, TOKEN, SECRET or PASSWORD, e.g. WANDB_API_KEY, HF_TOKEN) replaced by
+    "<redacted>": a config that interpolates one (`${oc.env:HF_TOKEN}`) never sends it to W&B."""
+    if secrets is None:
+        secrets = {
+            v
+            for k, v in os.environ.items()
+            if len(v) >= 8 and any(part in k.upper() for part in SECRET_NAME_PARTS)
+        }
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, secrets) for v in value]
+    if isinstance(value, str) and any(secret in value for secret in secrets):
+        return "<redacted>"
+    return value
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
