@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -90,6 +93,23 @@ def test_local_path_without_config_is_a_clear_error(tmp_path):
     cfg = compose_config([f"model.path={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_model_path(cfg.model, cfg.paths.cache_dir)
+
+
+def test_pickle_only_weights_are_refused_naming_the_fix(tmp_path, tiny_base_path):
+    """A folder with pytorch_model.bin and no safetensors: refused before anything is unpickled; the same
+    weights as safetensors load."""
+    from medr1.models.loading import load_model
+
+    cfg = compose_config([f"model.path={tmp_path}"])
+    shutil.copy(Path(tiny_base_path) / "config.json", tmp_path)
+    model = load_model(cfg.model, tiny_base_path)
+    state = model.state_dict()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickle weights only .*pytorch_model.bin.*save_pretrained"):
+        load_model(cfg.model, str(tmp_path))
+    model.save_pretrained(tmp_path)  # the fix the message names: model.safetensors
+    loaded = load_model(cfg.model, str(tmp_path)).state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
 
 
 def test_hf_id_is_passed_through_untouched():

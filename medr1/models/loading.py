@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -77,14 +78,33 @@ def load_processor(model_cfg: DictConfig | Mapping, path: str):
     return processor
 
 
+def check_safetensors(path: str) -> None:
+    """A local folder must hold safetensors weights: pickle files (pytorch_model.bin) can run code when
+    loaded, so medr1 does not read them."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    if pickles:
+        raise ValueError(
+            f"model.path={path!r} holds pickle weights only ({', '.join(pickles[:3])}); medr1 loads safetensors "
+            "only (pickle files can run code when loaded): in an environment you trust, load the folder and "
+            "save it again with save_pretrained, which writes model.safetensors"
+        )
+
+
 def load_model(model_cfg: DictConfig, path: str):
-    """AutoModelForImageTextToText from `path` in the configured dtype and attention kernel."""
+    """AutoModelForImageTextToText from `path` in the configured dtype and attention kernel: safetensors
+    weights only, and never a checkpoint's own code (trust_remote_code off)."""
     from transformers import AutoModelForImageTextToText
 
+    check_safetensors(path)
     model = AutoModelForImageTextToText.from_pretrained(
         path,
         dtype=pick_dtype(str(model_cfg.dtype)),
         attn_implementation=pick_attn_implementation(str(model_cfg.attn_implementation)),
+        use_safetensors=True,
+        trust_remote_code=False,
     )
     if model_cfg.get("gradient_checkpointing"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
