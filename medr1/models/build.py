@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medr1.models.families_build import BUILDERS, mrope_section, qwen_text_config
+from medr1.models.families_build import BUILDERS, mrope_section, qwen_text_config, qwen_vision_ids
 from medr1.models.tokens import CHAT_TEMPLATE, build_tokenizer, set_generation_tokens, special_token_ids
 from medr1.models.tokens import SPECIAL_TOKENS as SPECIAL_TOKENS  # re-exported: tests import it from here
 
@@ -61,10 +61,7 @@ def build_model(tokenizer, *, text: Mapping[str, Any], vision: Mapping[str, Any]
             tie_word_embeddings=text.pop("tie_word_embeddings", True),
         ),
         vision_config=dict(hidden_size=text["hidden_size"], **vision),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **qwen_vision_ids(ids),
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

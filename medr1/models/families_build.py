@@ -78,7 +78,7 @@ def _seeded(seed: int, make):
     return make()
 
 
-def _qwen_vision_ids(ids: Mapping[str, int]) -> dict[str, int]:
+def qwen_vision_ids(ids: Mapping[str, int]) -> dict[str, int]:
     """Top-level token ids of a Qwen VL config."""
     return dict(
         image_token_id=ids["<|image_pad|>"],
@@ -134,7 +134,7 @@ def build_qwen2_5_vl(recipe: Mapping[str, Any]):
         ),
         vision_config=dict(out_hidden_size=text["hidden_size"], **vision),
         tie_word_embeddings=tie,
-        **_qwen_vision_ids(ids),
+        **qwen_vision_ids(ids),
     )
     model = _seeded(int(recipe.get("seed", 0)), lambda: Qwen2_5_VLForConditionalGeneration(config))
     set_generation_tokens(model, tokenizer)
@@ -191,7 +191,7 @@ def build_qwen3_vl(recipe: Mapping[str, Any]):
         ),
         vision_config=dict(out_hidden_size=text["hidden_size"], **vision),
         tie_word_embeddings=tie,
-        **_qwen_vision_ids(ids),
+        **qwen_vision_ids(ids),
     )
     model = _seeded(int(recipe.get("seed", 0)), lambda: Qwen3VLForConditionalGeneration(config))
     set_generation_tokens(model, tokenizer)
