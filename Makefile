@@ -41,9 +41,10 @@ report:  ## generalization tables and heatmaps of a sweep: make report DIR=multi
 
 # The papers' studies scaled down: each experiment file as written (micro-batches, parser, reward, option
 # layout, schedule) on the CPU budget (conf/budget/cpu.yaml: tiny model, synthetic data, B16 x G4), STEPS
-# steps each, validation off (the test evaluation at the end is what the report reads).
+# steps each, each seed in SEEDS (e.g. SEEDS=1,2,3), validation off (the test evaluation at the end is what the report reads).
 STEPS ?= 200
-CPU_STUDY = budget=cpu logger=csv trainer.max_steps=$(STEPS) trainer.val_check_interval=100000 \
+SEEDS ?= 42
+CPU_STUDY = budget=cpu logger=csv seed=$(SEEDS) trainer.max_steps=$(STEPS) trainer.val_check_interval=100000 \
 	trainer.enable_progress_bar=false eval.before_training=false
 
 study-cross-modality-cpu:  ## med_r1_cross_modality on CPU (3 modalities + base), then its report

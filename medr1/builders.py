@@ -67,6 +67,7 @@ def build_datamodule(cfg: DictConfig, processor, *, with_targets: bool = False) 
         with_targets=with_targets,
         max_prompt_length=cfg.algo.get("max_prompt_length"),
         seed=int(cfg.seed),
+        test_seed=int(cfg.data.get("test_seed", 42)),
     )
 
 

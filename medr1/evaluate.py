@@ -55,14 +55,14 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
         "dtype": cfg.model.dtype,
         "data": OmegaConf.to_container(cfg.data.source, resolve=True),
         "max_test_per_modality": cfg.data.get("max_test_per_modality"),
+        "test_seed": cfg.data.get("test_seed", 42),
         "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
         "eval_prompt": cfg.eval.get("prompt"),  # a template name or string (interpolation resolved)
         "resize": cfg.data.get("resize"),
         "image": OmegaConf.to_container(cfg.image, resolve=True) if cfg.get("image") is not None else None,
         "parser": parser_of(cfg),
         "max_new_tokens": cfg.eval.max_new_tokens,
-        "seed": cfg.seed,
-    }
+    }  # not the seed: evaluation is greedy, so a seed sweep's base rows are one evaluation
     return json_hash(inputs, 16)
 
 

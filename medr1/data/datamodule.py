@@ -139,6 +139,7 @@ class VQADataModule(L.LightningDataModule):
         with_targets: bool = False,
         max_prompt_length: int | None = None,
         seed: int = 42,
+        test_seed: int = 42,
     ):
         super().__init__()
         self.source = source
@@ -149,7 +150,8 @@ class VQADataModule(L.LightningDataModule):
             max_test_per_modality,
             val_size,
         )
-        self.seed = seed
+        self.seed = seed  # training order and the training subset
+        self.test_seed = test_seed  # which test/validation questions the caps keep: the same for every seed
         self.prompt = PromptFormat.from_config(prompt)
         self.eval_prompt = self.prompt.with_template(eval_prompt)
         images = dict(resize=resize, image=ImageSettings.from_config(image), max_pixels=max_pixels)
@@ -173,8 +175,10 @@ class VQADataModule(L.LightningDataModule):
         self.train_records = select_training(self.splits.train, self.train_modality, self.train_question_type)
         if self.max_train_samples:
             self.train_records = stratified_subset(self.train_records, self.max_train_samples, self.seed)
-        self.test_records = cap_per_group(self.splits.test, self.max_test_per_modality, "modality", self.seed)
-        self.val_records = stratified_subset(self.test_records, self.val_size, self.seed)
+        self.test_records = cap_per_group(
+            self.splits.test, self.max_test_per_modality, "modality", self.test_seed
+        )
+        self.val_records = stratified_subset(self.test_records, self.val_size, self.test_seed)
         log.info(
             "data: %d training records (modality=%s, question_type=%s), %d test, %d validation, %d bad records skipped",
             len(self.train_records),

@@ -244,6 +244,7 @@ TRAIN_ONLY_KEYS = frozenset(
         "logger",
         "experiment_name",
         "hydra",
+        "seed",  # evaluation is greedy: a seed sweep's base runs are one evaluation
     }
 )
 
