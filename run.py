@@ -1,4 +1,8 @@
-"""medr1 entry point: `python run.py [group=option ...] [key=value ...]` (see README)."""
+"""medr1 entry point: `python run.py [group=option ...] [key=value ...]` (see README).
+
+A wrong input (a config typo, a missing data folder, a bad record) stops the run with one line,
+`error: ...`, and exit status 2; an unexpected error keeps its traceback (medr1.errors).
+"""
 
 import hydra
 from omegaconf import DictConfig
@@ -6,10 +10,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from medr1.errors import user_errors_exit
     from medr1.main import run
 
-    return run(cfg)
+    with user_errors_exit():
+        return run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from medr1.errors import run_reporting_errors
+
+    run_reporting_errors(main)

@@ -34,7 +34,8 @@ matches them case-insensitively and does so itself.
 - any of these after a label: `Answer: B`, `The answer is B`, `Option B`, `Correct answer: (B)`;
 - surrounding `*`, backticks and quotes are ignored (`**B**`).
 It rejects (returns None): empty text, two letters (`A or B`, `A, B`, `A/B`, `AB`), a letter that
-is not an option (`E` with options A-D), and free text that is not an option's text.
+is not an option (`E` with options A-D), free text that is not an option's text, and a text that
+names one option by its text and another by its letter (`B` when option A's text is "B").
 """
 
 from __future__ import annotations
@@ -140,16 +141,22 @@ def _names_another_letter(rest: str, letter: str, options: dict[str, str]) -> bo
 def parse_choice(text: str | None, options: dict[str, str]) -> str | None:
     """The option letter `text` names, or None if it names none, several, or one not in `options`.
 
-    The accepted forms are listed in the module docstring.
+    The accepted forms are listed in the module docstring. A text that is one option's text and, read
+    as a letter, another option (`B` when option A's text is "B") names two options: None.
     """
     if text is None:
         return None
     text = text.strip().strip("*`'\"").strip()
     if not text:
         return None
-    by_text = _option_with_text(text, options)
-    if by_text is not None:
-        return by_text
+    by_text, by_letter = _option_with_text(text, options), _letter_choice(text, options)
+    if by_text is not None and by_letter is not None and by_text != by_letter:
+        return None
+    return by_text if by_text is not None else by_letter
+
+
+def _letter_choice(text: str, options: dict[str, str]) -> str | None:
+    """The option letter `text` (stripped, not empty) writes, in one of the accepted letter forms."""
     match = _CHOICE_HEAD.match(text)
     if match is None:
         return None
@@ -228,7 +235,9 @@ PARSERS: dict[str, Parser] = {
 def get_parser(name: str) -> Parser:
     """The evaluation parser called `name` (a key of PARSERS)."""
     if name not in PARSERS:
-        raise ValueError(
+        from medr1.errors import ConfigError  # (answers.py imports nothing else of medr1)
+
+        raise ConfigError(
             f"unknown evaluation parser {name!r}; set eval.parser (or --parser) to one of {sorted(PARSERS)}"
         )
     return PARSERS[name]

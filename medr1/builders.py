@@ -79,6 +79,8 @@ def build_module(cfg: DictConfig, policy, datamodule):
         scheduler=cfg.algo.scheduler,
         eval_max_new_tokens=int(cfg.eval.max_new_tokens),
         eval_parser=str(cfg.eval.parser),
+        eval_calibration=bool(cfg.eval.get("calibration", False)),
+        eval_probes=list(cfg.eval.get("probes") or []),  # run after the final test evaluation (train.py)
     )
     if cfg.algo.name == "grpo":
         reference = GRPOModule.reference_for(policy.model, cfg.algo, cfg.tuning.name)

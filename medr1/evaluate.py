@@ -5,6 +5,9 @@ A sweep repeats the base-model row once per swept value (`mode=eval,train` x `mo
 settings, eval.parser) is computed once and copied into the other run directories.
 `eval.parser` (robust | medr1 | medvlm_r1) chooses how the answer letter is read; the summary also
 holds the accuracy under every parser (accuracy_by_parser).
+`eval.calibration` adds each answer's option-letter probabilities and the ECE (medr1.calibration);
+`eval.probes` runs the shortcut probes after the main evaluation (medr1.probes). Both are part of
+what an identical evaluation means for `eval.reuse`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from medr1.cache import json_hash
 from medr1.grading import evaluate_batches, format_summary, write_eval_outputs
 from medr1.models.checkpoints import resolve_model_path
 from medr1.precision import autocast_for
+from medr1.probes import check_probes, run_probes
 from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,17 @@ def parser_of(cfg: DictConfig) -> str:
     parser = str(cfg.eval.get("parser") or "robust")
     get_parser(parser)
     return parser
+
+
+def probes_of(cfg: DictConfig) -> list[str]:
+    """eval.probes, checked (an unknown name fails here, before any model loads); none for configs
+    saved before the key existed."""
+    return check_probes(cfg.eval.get("probes") or [])
+
+
+def calibration_of(cfg: DictConfig) -> bool:
+    """eval.calibration; off for configs saved before the key existed."""
+    return bool(cfg.eval.get("calibration", False))
 
 
 def device_of(cfg: DictConfig) -> str:
@@ -62,6 +77,8 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
         "image": OmegaConf.to_container(cfg.image, resolve=True) if cfg.get("image") is not None else None,
         "parser": parser_of(cfg),
         "max_new_tokens": cfg.eval.max_new_tokens,
+        "probes": sorted(probes_of(cfg)),  # their order changes nothing
+        "calibration": calibration_of(cfg),
     }  # not the seed: evaluation is greedy, so a seed sweep's base rows are one evaluation
     return json_hash(inputs, 16)
 
@@ -69,7 +86,8 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate cfg.model on the whole test split, answers read by eval.parser; writes <run dir>/eval/
     and returns the summary."""
-    parser = parser_of(cfg)  # an unknown parser fails before the model loads
+    parser = parser_of(cfg)  # an unknown parser or probe fails before the model loads
+    probes, calibration = probes_of(cfg), calibration_of(cfg)
     L.seed_everything(int(cfg.seed))
     run_dir = run_dir_of(cfg)
     stored = None
@@ -93,17 +111,35 @@ def evaluate(cfg: DictConfig) -> dict:
     policy.model.to(device)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("test")
+    sampler = Sampler.for_model(policy.model, policy.processor)
+    sampling = greedy(int(cfg.eval.max_new_tokens))
     with autocast_for(
         str(cfg.trainer.precision), device
     ):  # as the Trainer computes: fp32 weights, bf16 compute
         predictions, summary = evaluate_batches(
             policy.model,
             datamodule.test_dataloader(),
-            Sampler.for_model(policy.model, policy.processor),
-            greedy(int(cfg.eval.max_new_tokens)),
+            sampler,
+            sampling,
             parser=parser,
+            calibration=calibration,
         )
-    eval_dir = write_eval_outputs(run_dir, predictions, summary, f"{cfg.model.name} ({policy.path})")
+        probe_rows, summary = run_probes(
+            probes,
+            model=policy.model,
+            sampler=sampler,
+            sampling=sampling,
+            parser=parser,
+            records=datamodule.test_records,
+            collator=datamodule.eval_collator,
+            batch_size=datamodule.eval_batch_size,
+            num_workers=datamodule.num_workers,
+            predictions=predictions,
+            summary=summary,
+            calibration=calibration,
+        )
+    title = f"{cfg.model.name} ({policy.path})"
+    eval_dir = write_eval_outputs(run_dir, predictions, summary, title, probe_rows)
     if stored is not None:
         stored.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(eval_dir, stored, dirs_exist_ok=True)

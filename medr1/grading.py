@@ -11,10 +11,16 @@ Which letter a completion chooses is read by a named parser (medr1.answers.PARSE
 The chosen parser gives `parsed`, `correct` and the accuracies; the summary also holds the overall
 accuracy under every parser (`accuracy_by_parser`), over the same completions.
 
+With calibration on (`eval.calibration`), each prediction also holds the probability the policy put
+on each option letter where it wrote its answer (`option_probs`, `confidence`; medr1.calibration),
+and the summary its expected calibration error (`calibration`). Shortcut probes (`eval.probes`,
+medr1.probes) add `probes` (and `image_reliance`) to the summary after the main evaluation.
+
 `write_eval_outputs` writes the run directory's `eval/predictions.jsonl` (one line per question: id,
 modality, question_type, completion, parsed, answer, correct, follows_format, reasoning_tokens,
-options) and `eval/summary.json` (exactly: accuracy, n, by_modality, by_question_type, format_rate,
-reasoning_length, parser, accuracy_by_parser).
+options, images, option_probs, confidence, consistent), `eval/summary.json` (accuracy, n, by_modality,
+by_question_type, format_rate, reasoning_length, parser, accuracy_by_parser, consistency_rate; calibration when it is
+on; probes and image_reliance when probes ran) and each probe's rows in `eval/probes/<name>.jsonl`.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from medr1.answers import PARSERS, follows_format, get_parser, reasoning_text
+from medr1.calibration import add_option_probs, calibration_summary
 from medr1.data.records import LETTERS, VQARecord
 from medr1.rollout import Sampler, SamplingConfig
+from medr1.sentinels import consistent
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ class Prediction:
     follows_format: bool
     reasoning_tokens: int
     options: dict[str, str] = field(default_factory=dict)  # letter -> text: any parser can re-read the row
+    images: list[str] = field(default_factory=list)  # the record's image files, as the reader gave them
+    option_probs: dict[str, float] | None = None  # letter -> p at the answer letter (medr1.calibration)
+    confidence: float | None = None  # option_probs[parsed]; None without an answer letter position
+    consistent: bool | None = None  # the option the <think> text concludes with == parsed (medr1.sentinels)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,6 +91,8 @@ def grade(
                 if reasoning
                 else 0,
                 options=dict(record.options),
+                images=list(record.images),
+                consistent=consistent(completion, record.options, parsed),
             )
         )
     return predictions
@@ -150,6 +164,7 @@ class EvalAccumulator:
         self.by_question_type: dict[str, MulticlassAccuracy] = defaultdict(_accuracy)
         self.format_rate = MeanMetric(sync_on_compute=False)
         self.reasoning_length = MeanMetric(sync_on_compute=False)
+        self.consistent, self.consistency_known = 0, 0  # reasoning/answer agreement, where it is known
         self.n = 0
 
     def update(self, predictions: list[Prediction]) -> None:
@@ -168,6 +183,9 @@ class EvalAccumulator:
                 p.correct if name == self.parser else is_correct(name, p.completion, p.answer, p.options)
                 for p in predictions
             )
+        known = [p.consistent for p in predictions if p.consistent is not None]
+        self.consistent += sum(known)
+        self.consistency_known += len(known)
         self.n += len(predictions)
 
     def summary(self) -> dict:
@@ -185,6 +203,10 @@ class EvalAccumulator:
             "accuracy_by_parser": {
                 name: round(hits / self.n, 6) for name, hits in self.correct_by_parser.items()
             },
+            # None when no reasoning named an option (medr1.sentinels.consistent)
+            "consistency_rate": round(self.consistent / self.consistency_known, 6)
+            if self.consistency_known
+            else None,
         }
 
 
@@ -200,11 +222,73 @@ def format_summary(summary: dict, title: str = "evaluation") -> str:
             "   accuracy by parser: "
             + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in summary["accuracy_by_parser"].items())
         )
+    lines += probe_lines(summary)
     lines += [f"{'modality':<24}{'accuracy':>10}"]
     lines += [f"  {name:<22}{100 * acc:>9.1f}%" for name, acc in summary["by_modality"].items()]
     lines.append(f"{'question type':<24}{'accuracy':>10}")
     lines += [f"  {name:<22}{100 * acc:>9.1f}%" for name, acc in summary["by_question_type"].items()]
     return "\n".join(lines)
+
+
+def probe_lines(summary: dict) -> list[str]:
+    """The summary's calibration and shortcut-probe lines (none when neither ran)."""
+    percent = lambda value: "n/a" if value is None else f"{100 * value:.1f}%"  # noqa: E731
+    lines = []
+    calibration = summary.get("calibration")
+    if calibration:
+        ece = "n/a" if calibration["ece"] is None else f"{calibration['ece']:.3f}"
+        lines.append(
+            f"   calibration: ECE {ece} over the {calibration['n']} answers with a letter position (10 bins)"
+        )
+    probes = summary.get("probes") or {}
+    if "shuffled_options" in probes:
+        shuffled = probes["shuffled_options"]
+        lines.append(
+            f"   probe shuffled_options: accuracy {percent(shuffled['accuracy'])}; of the questions answered "
+            f"in both runs, {percent(shuffled['follows_content'])} kept the option, "
+            f"{percent(shuffled['follows_letter'])} the letter"
+        )
+    if "blank_image" in probes:
+        lines.append(
+            f"   probe blank_image: accuracy {percent(probes['blank_image']['accuracy'])}; image reliance "
+            f"{100 * probes['image_reliance']:+.1f} points"
+        )
+    if "letter_prior" in probes:
+        prior = probes["letter_prior"]
+        share = lambda fractions: " ".join(f"{k} {100 * v:.0f}%" for k, v in fractions.items())  # noqa: E731
+        lines.append(
+            f"   probe letter_prior: chosen {share(prior['chosen'])}, no answer {percent(prior['no_answer'])}; "
+            f"correct {share(prior['correct'])}; total variation {prior['total_variation']:.3f}"
+        )
+    return lines
+
+
+def logged_metrics(summary: dict, prefix: str = "test") -> dict[str, float]:
+    """The numbers a final test evaluation logs to W&B and metrics.csv: accuracy (overall, per
+    modality and question type), format rate, reasoning length, then, when they ran, ECE (overall
+    and per modality), each probe's numbers and the image reliance. Undefined values are left out."""
+    metrics = {f"{prefix}/accuracy_{k}": v for k, v in summary["by_modality"].items()}
+    metrics |= {f"{prefix}/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
+    metrics |= {
+        f"{prefix}/accuracy": summary["accuracy"],
+        f"{prefix}/format_rate": summary["format_rate"],
+        f"{prefix}/reasoning_length": summary["reasoning_length"],
+    }
+    calibration = summary.get("calibration")
+    if calibration:
+        metrics[f"{prefix}/ece"] = calibration["ece"]
+        metrics |= {f"{prefix}/ece_{k}": v["ece"] for k, v in calibration["by_modality"].items()}
+    probes = summary.get("probes") or {}
+    for name in ("shuffled_options", "blank_image"):
+        for key, value in probes.get(name, {}).items():
+            if key != "n":
+                metrics[f"{prefix}/probes/{name}/{key}"] = value
+    if "letter_prior" in probes:
+        for key in ("no_answer", "total_variation"):
+            metrics[f"{prefix}/probes/letter_prior/{key}"] = probes["letter_prior"][key]
+    if "image_reliance" in summary:
+        metrics[f"{prefix}/image_reliance"] = summary["image_reliance"]
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 # --- the eval loop and its files -------------------------------------------------------------
@@ -220,31 +304,52 @@ def evaluate_batches(
     progress: bool = True,
     description: str = "evaluating",
     parser: str = "robust",
+    calibration: bool = False,
 ) -> tuple[list[Prediction], dict]:
     """Answer every question in `batches`, read with the evaluation parser `parser`; returns the
-    predictions and the summary dict."""
+    predictions and the summary dict. With `calibration`, one more forward per batch gives each
+    prediction's option_probs and confidence, and the summary its `calibration` (ECE)."""
     accumulator, predictions = EvalAccumulator(parser), []  # an unknown parser fails before generating
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc=description, disable=not progress, unit="batch"):
         batch = batch.to(device)
-        _, _, texts = sampler.complete(model, batch, sampling)
+        ids, mask, texts = sampler.complete(model, batch, sampling)
         graded = grade(batch.records, texts, sampler.processor.tokenizer, parser)
+        if calibration:
+            add_option_probs(model, batch, ids, mask, graded, sampler.processor.tokenizer, parser)
         accumulator.update(graded)
         predictions.extend(graded)
     model.train(was_training)
-    return predictions, accumulator.summary()
+    summary = accumulator.summary()
+    if calibration:
+        summary["calibration"] = calibration_summary(predictions)
+    return predictions, summary
 
 
-def write_eval_outputs(out_dir: str | Path, predictions: list[Prediction], summary: dict, title: str) -> Path:
-    """Write eval/predictions.jsonl and eval/summary.json under `out_dir`; print the table."""
+def write_eval_outputs(
+    out_dir: str | Path,
+    predictions: list[Prediction],
+    summary: dict,
+    title: str,
+    probe_rows: dict[str, list[dict]] | None = None,
+) -> Path:
+    """Write eval/predictions.jsonl and eval/summary.json under `out_dir`, and each probe's rows
+    (medr1.probes.run_probes) as eval/probes/<name>.jsonl; print the table."""
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    with open(eval_dir / "predictions.jsonl", "w") as f:
-        for prediction in predictions:
-            f.write(json.dumps(prediction.to_json()) + "\n")
+    write_jsonl(eval_dir / "predictions.jsonl", [prediction.to_json() for prediction in predictions])
+    for name, rows in (probe_rows or {}).items():
+        (eval_dir / "probes").mkdir(exist_ok=True)
+        write_jsonl(eval_dir / "probes" / f"{name}.jsonl", rows)
     (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, title), flush=True)
     log.info("wrote %s", eval_dir)
     return eval_dir
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

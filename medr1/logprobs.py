@@ -161,3 +161,32 @@ def _logits_full_sequence(model, repeated, completion_ids, completion_mask):
         **full, position_ids=positions, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1
     ).logits
     return logits[:, :-1]
+
+
+@torch.no_grad()
+def completion_token_logits(
+    model,
+    prompt_inputs: dict,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    index: torch.Tensor,
+) -> torch.Tensor:
+    """Logits [N, V] predicting completion token `index[n]` [N] of row n, one prompt row per completion.
+
+    One forward over prompt + completion (cut after the furthest token asked for), with the family's
+    position ids as `_logits_full_sequence` uses them, keeping only the asked-for position of each row
+    (`logits_to_keep` as per-row positions), so a batch never holds [N, T, V] logits. Calibration
+    (medr1.calibration) reads the option letters' probabilities here.
+    """
+    length = int(index.max()) if index.numel() else 0
+    input_ids = torch.cat([prompt_inputs["input_ids"], completion_ids[:, :length]], dim=1)
+    attention_mask = torch.cat([prompt_inputs["attention_mask"], completion_mask[:, :length]], dim=1)
+    full = {**prompt_inputs, "input_ids": input_ids, "attention_mask": attention_mask}
+    mm_types = prompt_inputs.get("mm_token_type_ids")
+    if mm_types is not None:
+        full["mm_token_type_ids"] = F.pad(mm_types, (0, length))
+    positions, _ = family_of(model).prompt_positions(model, full)
+    # the logits at sequence position p predict token p + 1; completion token t sits at P + t
+    keep = (prompt_inputs["input_ids"].shape[1] - 1 + index.to(input_ids.device)).view(-1, 1)
+    logits = model(**full, position_ids=positions, use_cache=False, logits_to_keep=keep).logits
+    return logits[:, 0]

@@ -1,4 +1,7 @@
-"""Dispatch on `mode`: train (then evaluate), evaluate only, predict, or check (pre-flight)."""
+"""Dispatch on `mode`: train (then evaluate), evaluate only, predict, or check (pre-flight).
+
+Errors in the user's input are medr1.errors' to report: run.py prints them as one line (exit status 2).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import lightning  # noqa: F401  (creates Lightning's loggers and handlers before
 from lightning_utilities.core import rank_zero
 from omegaconf import DictConfig
 
+from medr1.errors import ConfigError
+
 # Library chatter that says nothing about the user's run: Lightning's note that checkpoints under
 # manual optimisation hold the post-step state (what resuming needs), its CSV logger finding
 # Hydra's .hydra/ folder in the run dir, and deprecations inside dependencies.
@@ -18,6 +23,8 @@ QUIET = [
     ".*treespec.*",
     ".*does not have many workers.*",
     ".*Passing `min_pixels` and `max_pixels`.*",
+    ".*The dirpath has changed.*",  # resuming into a new run folder: its checkpoints go there, as meant
+    ".*is not resumable.*",  # medr1's EpochSampler resumes exactly (checkpointed position and RNG)
 ]
 
 
@@ -73,4 +80,4 @@ def run(cfg: DictConfig) -> float:
 
         check(cfg)
         return float("nan")
-    raise ValueError(f"mode={cfg.mode!r}; choose train, eval, predict or check")
+    raise ConfigError(f"mode={cfg.mode!r} is unknown; choose train, eval, predict or check")

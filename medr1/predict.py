@@ -42,8 +42,9 @@ from medr1.answers import get_parser, think_text
 from medr1.builders import Policy, load_policy, run_dir_of
 from medr1.cache import write_file_atomically
 from medr1.data.batches import PromptBatch, PromptCollator
+from medr1.data.lengths import PromptMeter, screen_prompts
 from medr1.data.prompts import PromptFormat
-from medr1.data.records import LETTERS, BadRecordError, ImageChecker, VQARecord, clean_text
+from medr1.data.records import LETTERS, BadRecordError, ImageChecker, SkipCounter, VQARecord, clean_text
 from medr1.evaluate import device_of, parser_of
 from medr1.precision import autocast_for
 from medr1.rollout import Sampler, SamplingConfig, greedy
@@ -387,6 +388,18 @@ def answer_questions(cfg: DictConfig) -> list[Answer]:
         image=cfg.image,
         max_pixels=cfg.model.max_pixels,
     )
+    # a prompt over algo.max_prompt_length is refused before any batch is built, as in every mode
+    meter = PromptMeter(
+        policy.processor,
+        prompt,
+        resize=cfg.data.get("resize"),
+        image=cfg.image,
+        max_pixels=cfg.model.max_pixels,
+    )
+    try:
+        screen_prompts(records, meter, cfg.algo.get("max_prompt_length"), SkipCounter("raise"), "predict")
+    except BadRecordError as error:
+        raise PredictInputError(str(error)) from None
     sampler = Sampler.for_model(policy.model, policy.processor)
     answers: list[Answer] = []
     bar = tqdm(total=len(records), desc="answering", unit="question", disable=settings.get("input") is None)

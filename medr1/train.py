@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -21,8 +22,19 @@ from medr1.builders import (
     load_policy,
     run_dir_of,
 )
-from medr1.grading import write_eval_outputs
+from medr1.evaluate import probes_of
+from medr1.grading import logged_metrics, write_eval_outputs
 from medr1.precision import autocast_for, check_trainable_precision
+from medr1.resume import (
+    CheckpointError,
+    CheckpointExtras,
+    check_restorable,
+    check_same_training,
+    frozen_parameters,
+    read_checkpoint,
+    training_config,
+    writes_plain_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +57,41 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(int(cfg.seed), workers=True)
     torch.set_num_threads(int(cfg.get("num_threads") or torch.get_num_threads()))
     run_dir = run_dir_of(cfg)
+    keep = checkpoints_kept(cfg.checkpoint)  # a bad value fails before the model loads
+    probes_of(cfg)  # so does an unknown eval.probes name
+    resume, checkpoint = resume_checkpoint(cfg, run_dir)
+    if checkpoint is not None and steps_left(cfg, checkpoint) == 0:
+        if (summary := finished_summary(run_dir, checkpoint["global_step"], cfg)) is not None:
+            return summary
+        log.info(
+            "%s is at the last step: nothing left to train; writing the final model and evaluation", resume
+        )
     policy = load_policy(cfg, train=True)
     datamodule = build_datamodule(cfg, policy.processor, with_targets=cfg.algo.name == "sft")
     datamodule.setup("fit")
     module = build_module(cfg, policy, datamodule)
+    resumed_step = None if checkpoint is None else prepare_restore(module, checkpoint, resume)
+    del checkpoint  # Lightning reads the file again (memory-mapped here: nothing large was held)
     callbacks = [
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
             every_n_train_steps=int(cfg.checkpoint.every_n_steps),
             save_last=True,
-            save_top_k=-1 if cfg.checkpoint.keep_all else 1,
+            save_top_k=keep,
+            monitor="step",  # with save_top_k: the newest step checkpoints are the ones kept
+            mode="max",
         ),
+        CheckpointExtras(training_config(cfg)),  # the run's config; adapters-only for LoRA
     ]
     loggers = build_loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+    if writes_plain_state_dict(trainer.strategy) and frozen_parameters(module):
+        # its checkpoints leave the frozen weights out (CheckpointExtras), so loading one, ours or a SLURM
+        # requeue's, must not ask for them; CheckpointExtras checks what a loaded checkpoint left out
+        module.strict_loading = False
     check_trainable_precision(
         policy.model,
         trainer.precision,  # Lightning's own name for it (legacy aliases resolved)
@@ -73,23 +103,39 @@ def train(cfg: DictConfig) -> dict:
     # Under DDP/FSDP every rank runs this function; evaluation and files are rank zero's job
     is_main = rank_zero_only.rank == 0
     start_summary = None
-    if cfg.eval.before_training and is_main:
+    if (
+        cfg.eval.before_training
+        and is_main
+        and not (run_dir / "eval_before" / "eval" / "summary.json").exists()
+    ):
         predictions, start_summary = evaluate_on_device(
             module, trainer, datamodule, "evaluating before training"
         )
         write_eval_outputs(run_dir / "eval_before", predictions, start_summary, "before training")
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    # Lightning's torch.load of the checkpoint (checkpoint.resume's, or a SLURM requeue's) refuses anything
+    # but tensors and plain containers; FSDP and DeepSpeed read their own formats as they choose
+    weights_only = True if writes_plain_state_dict(trainer.strategy) else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=weights_only)
     log.info("training took %.1f s", time.perf_counter() - started)
     if not is_main:
         return {"accuracy": float("nan")}
+    if resumed_step is not None and trainer.global_step == resumed_step:  # e.g. an epoch-counted run
+        if (summary := finished_summary(run_dir, resumed_step, cfg)) is not None:
+            return summary
     final = save_final(module, run_dir)
     log.info("final model saved to %s (evaluate it with mode=eval model.path=%s)", final, final)
 
     predictions, summary = evaluate_on_device(module, trainer, datamodule, "evaluating on the test split")
+    with autocast_for(trainer.precision, trainer.strategy.root_device):  # eval.probes, as evaluated
+        probe_rows, summary = module.run_probes(datamodule, predictions, summary)
     write_eval_outputs(
-        run_dir, predictions, summary, f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}"
+        run_dir,
+        predictions,
+        summary,
+        f"{cfg.algo.name} on {cfg.modality.name}/{cfg.question_type.name}",
+        probe_rows,
     )
     if start_summary is not None:
         print(
@@ -98,16 +144,7 @@ def train(cfg: DictConfig) -> dict:
             flush=True,
         )
     for logger in loggers:
-        logger.log_metrics(
-            {f"test/accuracy_{k}": v for k, v in summary["by_modality"].items()}
-            | {f"test/accuracy_{k}": v for k, v in summary["by_question_type"].items()}
-            | {
-                "test/accuracy": summary["accuracy"],
-                "test/format_rate": summary["format_rate"],
-                "test/reasoning_length": summary["reasoning_length"],
-            },
-            step=trainer.global_step,
-        )
+        logger.log_metrics(logged_metrics(summary, prefix="test"), step=trainer.global_step)
         logger.finalize("success")
     finish_wandb(loggers)
     return summary
@@ -146,6 +183,23 @@ def finish_wandb(loggers: list) -> None:
             logger.experiment.finish()
 
 
+# --- checkpoints and resuming (docs/checkpoints.md) ---------------------------------------------------
+
+
+def checkpoints_kept(checkpoint_cfg: DictConfig) -> int:
+    """ModelCheckpoint's save_top_k: checkpoint.keep_last=K keeps the K newest step checkpoints (0: only
+    last.ckpt); unset, the older checkpoint.keep_all decides (true: every one, false: the newest)."""
+    keep_last, keep_all = checkpoint_cfg.get("keep_last"), checkpoint_cfg.get("keep_all")
+    if keep_last is None:
+        return -1 if keep_all else 1
+    if keep_all or int(keep_last) < 0:
+        raise SystemExit(
+            f"error: checkpoint.keep_last={keep_last} with checkpoint.keep_all={keep_all}: set keep_last to the "
+            "number of step checkpoints to keep (0 or more) and keep_all=false, or keep_last=null keep_all=true"
+        )
+    return int(keep_last)
+
+
 def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     """checkpoint.resume: null (fresh), "last" (this run dir's last.ckpt, if any) or a .ckpt path."""
     resume = cfg.checkpoint.get("resume")
@@ -155,7 +209,54 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         last = run_dir / "checkpoints" / "last.ckpt"
         return str(last) if last.exists() else None
     if not Path(resume).exists():
-        raise FileNotFoundError(
-            f"checkpoint.resume={resume!r} does not exist; pass a .ckpt path, 'last' or null"
+        raise SystemExit(
+            f"error: checkpoint.resume={resume!r} does not exist; pass a .ckpt path, 'last' or null"
         )
     return str(resume)
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict | None]:
+    """The checkpoint to resume from (path, contents memory-mapped), checked: loadable with
+    weights_only and written under the same training config (checkpoint.force_resume overrides).
+    A sharded checkpoint folder (FSDP, DeepSpeed) comes back without contents: its strategy reads it."""
+    path = resume_path(cfg, run_dir)
+    if path is None or Path(path).is_dir():
+        return path, None
+    try:
+        checkpoint = read_checkpoint(path)
+        check_same_training(checkpoint, cfg, path)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+    return path, checkpoint
+
+
+def prepare_restore(module, checkpoint: dict, path: str) -> int:
+    """Check, before training starts, that `checkpoint` fits `module` (same parameters; the frozen ones
+    it leaves out built from the same base); returns its step."""
+    try:
+        stored = (checkpoint.get("medr1_frozen") or {}).get("fingerprint")
+        omitted = check_restorable(checkpoint["state_dict"], module, stored, path)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+    if omitted:
+        log.info(
+            "%s holds the trainable weights; the %d frozen ones come from the base model", path, len(omitted)
+        )
+    return int(checkpoint["global_step"])
+
+
+def steps_left(cfg: DictConfig, checkpoint: dict) -> int | None:
+    """Optimiser steps between the checkpoint and trainer.max_steps; None for a run counted in epochs."""
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    return max(0, max_steps - int(checkpoint["global_step"])) if max_steps > 0 else None
+
+
+def finished_summary(run_dir: Path, steps: int, cfg: DictConfig) -> dict | None:
+    """A resumed run with nothing left to train: its evaluation, if this run dir holds one (it is not
+    run again), after saying so; None when the outputs still have to be written."""
+    summary_file = run_dir / "eval" / "summary.json"
+    if not summary_file.exists():
+        return None
+    total = cfg.trainer.max_steps if int(cfg.trainer.get("max_steps") or -1) > 0 else steps
+    print(f"the run already finished: {steps} steps of {total}; its outputs are in {run_dir}", flush=True)
+    return json.loads(summary_file.read_text())

@@ -1,11 +1,12 @@
 """What the GRPO and SFT LightningModules share: the policy, optimiser and schedule, validation
-by batched generation (accuracy by modality and question type), and exact-resume checkpoints."""
+by batched generation (accuracy by modality and question type), the test evaluation (with option
+probabilities when `eval_calibration`) and its shortcut probes, and exact-resume checkpoints."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 
 from medr1.answers import get_parser
 from medr1.distributed import gather_objects, gather_predictions, world_size
-from medr1.grading import EvalAccumulator, evaluate_batches, grade
+from medr1.grading import EvalAccumulator, Prediction, evaluate_batches, grade
+from medr1.probes import check_probes, run_probes
 from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class VQAModule(L.LightningModule):
         scheduler: dict,  # {name: constant|linear|cosine, warmup_ratio, warmup_steps}
         eval_max_new_tokens: int,
         eval_parser: str = "robust",  # medr1.answers.PARSERS key: how validation and evaluate read answers
+        eval_calibration: bool = False,  # evaluate(): option-letter probabilities and ECE (eval.calibration)
+        eval_probes: Sequence[str] = (),  # run_probes(): names in medr1.probes.PROBES (eval.probes)
     ):
         super().__init__()
         self.model = model
@@ -38,6 +42,8 @@ class VQAModule(L.LightningModule):
         self.eval_max_new_tokens = eval_max_new_tokens
         get_parser(eval_parser)  # an unknown name fails now, not at the first validation
         self.eval_parser = eval_parser
+        self.eval_calibration = bool(eval_calibration)
+        self.eval_probes = check_probes(eval_probes)  # an unknown name fails now, not after training
         self.sampler = Sampler.for_model(model, processor)
         self._val_predictions = []
 
@@ -99,6 +105,29 @@ class VQAModule(L.LightningModule):
             progress=progress,
             description=description,
             parser=self.eval_parser,
+            calibration=self.eval_calibration,
+        )
+
+    def run_probes(
+        self, datamodule, predictions: list[Prediction], summary: dict, *, progress: bool = True
+    ) -> tuple[dict[str, list[dict]], dict]:
+        """The shortcut probes `eval_probes` on the test split that `evaluate` answered (predictions,
+        summary): (rows per probe for write_eval_outputs, the summary with `probes` added). Run after
+        the final test evaluation only, on its device and under its autocast."""
+        return run_probes(
+            self.eval_probes,
+            model=self.model,
+            sampler=self.sampler,
+            sampling=greedy(self.eval_max_new_tokens),
+            parser=self.eval_parser,
+            records=datamodule.test_records,
+            collator=datamodule.eval_collator,
+            batch_size=datamodule.eval_batch_size,
+            num_workers=datamodule.num_workers,
+            predictions=predictions,
+            summary=summary,
+            calibration=self.eval_calibration,
+            progress=progress,
         )
 
     # --- exact resume: random states travel with the checkpoint ---------------------------------

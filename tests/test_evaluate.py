@@ -13,7 +13,7 @@ import pytest
 from medr1.answers import extract_choice
 from medr1.data.records import VQARecord
 from medr1.grading import EvalAccumulator, grade
-from tests.helpers.config import REPO, SUMMARY_KEYS
+from tests.helpers.config import DEFAULT_SUMMARY_KEYS, REPO
 
 
 def accuracy_by_parser_by_hand(lines: list[dict]) -> dict[str, float]:
@@ -55,10 +55,13 @@ def test_run_py_eval_writes_predictions_and_summary(tmp_path, tiny_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert set(summary) == SUMMARY_KEYS
+    assert set(summary) == DEFAULT_SUMMARY_KEYS
+    assert set(summary["probes"]) == {"letter_prior"}  # free: read from the main evaluation
     lines = [json.loads(line) for line in (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == summary["n"] == 8 * 5 * 1  # one line per test question: 8 modalities x 5 types x 20%
     assert {"id", "modality", "question_type", "completion", "parsed", "correct"} <= set(lines[0])
+    assert {"images", "option_probs", "confidence"} <= set(lines[0])
+    assert all(p["images"] and (p["confidence"] is None) == (p["option_probs"] is None) for p in lines)
     # the summary is exactly what the prediction lines say
     assert summary["accuracy"] == pytest.approx(sum(p["correct"] for p in lines) / len(lines))
     for modality, accuracy in summary["by_modality"].items():
@@ -122,12 +125,23 @@ def test_evaluation_key_covers_parser_prompt_and_resize(tmp_path):
         "prompt, any key": compose_config(["mode=eval", "++prompt.extra=1"]),
         "eval.prompt": compose_config(["mode=eval", "++eval.prompt=test_only_prompt"]),
         "data.resize": compose_config(["mode=eval", "++data.resize=[123,45]"]),
+        "eval.probes": compose_config(["mode=eval", "eval.probes=[letter_prior,blank_image]"]),
+        "eval.calibration": compose_config(["mode=eval", "eval.calibration=false"]),
     }
     for what, cfg in changed.items():
         assert evaluation_key(cfg, "some/model") != key, what
+    probes = evaluation_key(
+        compose_config(["mode=eval", "eval.probes=[letter_prior,blank_image]"]), "some/model"
+    )
+    assert (
+        evaluation_key(compose_config(["mode=eval", "eval.probes=[blank_image,letter_prior]"]), "some/model")
+        == probes
+    )
     with open_dict(base):
         del base.eval["parser"]  # configs saved before eval.parser existed read as robust
     assert evaluation_key(base, "some/model") == key
+    with pytest.raises(ValueError, match="unknown probe"):
+        evaluation_key(compose_config(["mode=eval", "eval.probes=[nope]"]), "some/model")
     with pytest.raises(ValueError, match="unknown evaluation parser 'nope'"):
         evaluation_key(compose_config(["mode=eval", "eval.parser=nope"]), "some/model")
 

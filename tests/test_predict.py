@@ -330,3 +330,16 @@ def test_run_py_prints_the_error_line_without_a_traceback(tmp_path, synthetic_sp
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+def test_a_question_over_the_prompt_limit_stops_before_any_batch(tmp_path, synthetic_splits):
+    """A 6,000-word question is refused by its measured length, with the limit and the fix."""
+    record = synthetic_splits.test[0]
+    overrides = one_question(record)
+    overrides[1] = "predict.question='" + " ".join(["lesion"] * 6000) + "?'"
+    with pytest.raises(SystemExit) as stopped:
+        run(predict_config(tmp_path, *overrides, "algo.max_prompt_length=1024"))
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "prompt too long" in message and "algo.max_prompt_length=1024" in message
+    assert not (tmp_path / "predictions.jsonl").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -412,6 +413,9 @@ def test_out_dir_receives_every_file(cross_modality: Path, tmp_path: Path):
         "heatmap_modality.png",
         "comparison.md",
         "comparison.csv",
+        "pairs.csv",  # modality=ct vs modality=mri: one setting apart
+        "cells.csv",
+        "report.html",
     }
     assert set(result.paths) == expected
     assert {path.name for path in out.iterdir()} == expected
@@ -483,6 +487,7 @@ def test_wandb_offline_run_is_written(tmp_path: Path, monkeypatch: pytest.Monkey
     assert {path.name.split("_0_")[0] for path in (media / "table").iterdir()} == {
         "matrix_modality",
         "comparison",
+        "cells",
     }
     assert list((media / "images").glob("heatmap_modality*.png"))
     # a second report on the same sweep ignores the wandb folder it left there
@@ -515,8 +520,6 @@ PREDICTIONS = {
 
 def read_by_hand(parser: str, row: dict) -> str | None:
     """The parsers written out from the papers' eval scripts (robust: medr1's extract_choice)."""
-    import re
-
     from medr1.answers import extract_choice
 
     if parser == "robust":
@@ -542,21 +545,21 @@ def write_evaluated_run(
     sweep: Path, relative: str, key: str, *, parser: str = "robust", options: bool = True, **run
 ) -> Path:
     """A run whose summary.json is what `parser` makes of its predictions.jsonl, as medr1 writes them."""
-    rows = [
-        {
+    rows = []
+    for i, (m, q, a, c) in enumerate(PREDICTIONS[key]):
+        parsed = read_by_hand(parser, {"completion": c, "options": PARSER_OPTIONS})
+        row = {
             "id": str(i),
             "modality": m,
             "question_type": q,
             "completion": c,
             "answer": a,
-            "parsed": None,
-            "correct": None,
+            "parsed": parsed,
+            "correct": parsed == a,
             "follows_format": False,
             "reasoning_tokens": 0,
         }
-        | ({"options": PARSER_OPTIONS} if options else {})
-        for i, (m, q, a, c) in enumerate(PREDICTIONS[key])
-    ]
+        rows.append(row | ({"options": PARSER_OPTIONS} if options else {}))
     full = [row | {"options": PARSER_OPTIONS} for row in rows]
     accuracy, by_modality = accuracies_by_hand(full, parser)
     by_parser = {name: accuracies_by_hand(full, name)[0] for name in ("robust", "medr1", "medvlm_r1")}
@@ -598,6 +601,12 @@ def test_parser_option_recomputes_every_run(evaluated: Path, parser: str):
         assert rows[label][table.columns.index("overall")] == pytest.approx(accuracy)
     comparison = rows_by_label(result.comparison)
     assert comparison["grpo on ct"][1] == pytest.approx(rows["ct"][table.columns.index("overall")])
+    # the intervals resample the answers as re-read: the cells hold the same accuracies, with intervals
+    for run_dir in ("0", "1"):
+        accuracy, _ = accuracies_by_hand(read_predictions(evaluated / run_dir), parser)
+        overall = next(c for c in result.cells if c["run_dir"] == run_dir and c["group"] == "all")
+        assert overall["accuracy"] == pytest.approx(accuracy) and overall["n"] == 5
+        assert overall["ci_low"] <= overall["accuracy"] <= overall["ci_high"]
     assert all(run.parser == parser for run in result.runs) and result.parser == parser
     assert any(f"read with the {parser} evaluation parser" in note for note in result.comparison.notes)
 
@@ -646,6 +655,6 @@ def test_cli_parser_option_prints_recomputed_numbers(evaluated: Path):
     completed = run_cli(str(evaluated), "--parser", "medvlm_r1", "--no-wandb")
     assert completed.returncode == 0, completed.stderr
     accuracy, by_modality = accuracies_by_hand(read_predictions(evaluated / "1"), "medvlm_r1")
-    cells = " | ".join(f"{100 * by_modality[m]:.1f}" for m in ("ct", "mri"))
-    assert f"| ct | {cells} |" in completed.stdout
+    cells = r" \[[0-9., ]+\] \| ".join(re.escape(f"{100 * by_modality[m]:.1f}") for m in ("ct", "mri"))
+    assert re.search(rf"\| ct \| {cells} \[", completed.stdout), completed.stdout
     assert "read with the medvlm_r1 evaluation parser" in completed.stdout

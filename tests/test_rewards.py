@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import medr1.rl.rewards as rewards
+from medr1.errors import ConfigError
 from medr1.rl.rewards import (
     build_reward,
     lenient_format_reward,
@@ -342,5 +343,5 @@ def test_non_finite_output_names_the_function():
 
 
 def test_bad_function_spec_is_explained():
-    with pytest.raises(TypeError, match="functions.bad"):
+    with pytest.raises(ConfigError, match="functions.bad"):
         build_reward({"name": "broken", "functions": {"bad": 42}, "weights": {"bad": 1.0}})

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from medr1.train import train
-from tests.helpers.config import FAST, SUMMARY_KEYS, compose_config
+from tests.helpers.config import DEFAULT_SUMMARY_KEYS, FAST, compose_config
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -26,7 +26,7 @@ def logged(rows: list[dict], key: str) -> list[float]:
 def test_grpo_run_writes_metrics_eval_and_checkpoints(tmp_path):
     cfg = compose_config(FAST, tmp_path)
     summary = train(cfg)
-    assert set(json.loads((tmp_path / "eval" / "summary.json").read_text())) == SUMMARY_KEYS
+    assert set(json.loads((tmp_path / "eval" / "summary.json").read_text())) == DEFAULT_SUMMARY_KEYS
     predictions = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == summary["n"] > 0
     assert set(summary["by_modality"]) == {

@@ -82,6 +82,9 @@ def load_splits(datamodule) -> dict:
     reports = SkipReports()
     records_log = logging.getLogger("medr1.data.records")
     records_log.addHandler(reports)
+    # the check measures every prompt itself and reports all of those over the limit (check.json),
+    # so the read-time screen, which would stop at the longest, is off here
+    datamodule.max_prompt_length = None
     try:
         datamodule.setup("fit")
     except BadRecordError as error:

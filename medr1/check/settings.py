@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from medr1.memory import GIB, ParameterCounts, Precision, count_parameters
 from medr1.models.families import family_of
-from medr1.models.loading import pick_attn_implementation, pick_dtype
+from medr1.models.loading import config_source, pick_attn_implementation, pick_dtype
 from medr1.models.tuning import apply_tuning
 from medr1.precision import MIXED, TRUE_LOW_PRECISION, canonical_precision
 
@@ -22,7 +22,7 @@ def model_config(path: str):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(config_source(path))
     except (OSError, ValueError) as error:
         raise SystemExit(
             f"check failed: cannot read the config of model.path={path!r} ({error}); point model.path at a "

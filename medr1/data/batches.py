@@ -10,10 +10,15 @@ Image files are read by medr1.data.images (the `image` config block): a picture 
 or NIfTI volume gives `image.slices` slices, each an image of the same prompt, so a prompt holds one
 image placeholder per image produced and `images_per_prompt` counts them. The slices of one file share
 the pixel budget (`model.max_pixels`) one image would have.
+
+`PromptCollator.with_blank_images()` is the `blank_image` shortcut probe's collator (medr1.probes):
+every image, once loaded and resized, is replaced by a uniform grey image of the same size, so the
+prompts hold exactly the same tokens and only the pixels change.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +28,8 @@ from PIL import Image
 from medr1.data.images import ImageSettings, load_images
 from medr1.data.prompts import PromptFormat, chat_messages, target_text
 from medr1.data.records import BadRecordError, VQARecord
+
+BLANK_GREY = (128, 128, 128)  # the blank_image probe's colour: mid grey, nothing to read
 
 
 @dataclass
@@ -112,7 +119,8 @@ class PromptCollator:
     `prompt` is a PromptFormat, a `prompt` config group or a bare template name; `resize` is
     `data.resize` (None: images keep their size, the processor then applies its pixel budget); `image`
     is the `image` config block (ImageSettings: window, axis, slices); `max_pixels` is
-    `model.max_pixels`, shared by the slices of a volume (None: each keeps the processor's budget)."""
+    `model.max_pixels`, shared by the slices of a volume (None: each keeps the processor's budget);
+    `blank_images` replaces every image by a uniform grey one of its size (the blank_image probe)."""
 
     def __init__(
         self,
@@ -124,6 +132,7 @@ class PromptCollator:
         resize: int | None = None,
         image: ImageSettings | Mapping | None = None,
         max_pixels: int | None = None,
+        blank_images: bool = False,
     ):
         self.processor = processor
         self.prompt = PromptFormat.from_config(prompt)
@@ -132,14 +141,24 @@ class PromptCollator:
         self.resize = check_resize(resize)
         self.image = ImageSettings.from_config(image)
         self.max_pixels = check_max_pixels(max_pixels)
+        self.blank_images = blank_images
+
+    def with_blank_images(self) -> PromptCollator:
+        """This collator with every image replaced by uniform grey of the same size (same prompts)."""
+        blank = copy.copy(self)
+        blank.blank_images = True
+        return blank
 
     def record_images(self, record: VQARecord) -> list[Image.Image]:
         """Every image the record's files give, in order (a volume: its chosen slices)."""
-        return [
+        images = [
             image
             for path in record.images
             for image in load_images(path, record.id, self.image, self.resize, self.max_pixels)
         ]
+        if self.blank_images:  # after loading and resizing, so each keeps its size and image tokens
+            images = [Image.new("RGB", image.size, BLANK_GREY) for image in images]
+        return images
 
     def __call__(self, records: list[VQARecord]) -> PromptBatch:
         images = [self.record_images(r) for r in records]

@@ -9,6 +9,15 @@ Training batches use the training prompt; validation and test batches use the ev
 (`eval.prompt`, default the training one) with the training prompt's option layout, as Med-R1
 evaluates with templates of its own. `data.resize`, the `image` block (DICOM/NIfTI window, slice axis
 and count) and the pixel budget `model.max_pixels` apply to every split alike.
+
+Prompt length: `setup` measures every training prompt (training template) and every test prompt
+(evaluation template; validation is a subset of test) in tokens, as the collators will build them
+(medr1.data.lengths), before any batch is built. A prompt longer than `max_prompt_length`
+(`algo.max_prompt_length`, in every mode: training, validation, test and mode=eval), or one whose text
+holds a model control token, is a bad record under `data.on_bad_record`: skipped and counted, or the run
+stops naming the record (the longest over the limit), its length, the limit and the fix. Records are
+screened before the caps and subsets (max_train_samples, max_test_per_modality, val_size), which then
+draw from usable records only.
 """
 
 from __future__ import annotations
@@ -25,9 +34,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from medr1.data.batches import PromptCollator
 from medr1.data.images import ImageSettings
+from medr1.data.lengths import PromptMeter, screen_prompts
 from medr1.data.names import MODALITIES, QUESTION_TYPES
 from medr1.data.prompts import PromptFormat
-from medr1.data.records import Splits, VQARecord
+from medr1.data.records import SkipCounter, Splits, VQARecord
+from medr1.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +50,7 @@ def select_training(records: list[VQARecord], modality: str, question_type: str)
         (question_type, QUESTION_TYPES, "question_type"),
     ):
         if value != "all" and value not in known:
-            raise ValueError(f"{what}={value!r} is unknown; choose all or one of {', '.join(known)}")
+            raise ConfigError(f"{what}={value!r} is unknown; choose all or one of {', '.join(known)}")
     chosen = [
         r
         for r in records
@@ -48,7 +59,7 @@ def select_training(records: list[VQARecord], modality: str, question_type: str)
     ]
     if not chosen:
         present = sorted({(r.modality, r.question_type) for r in records})
-        raise ValueError(
+        raise ConfigError(
             f"no training records for modality={modality} question_type={question_type}; "
             f"the train split has (modality, question_type) pairs {present[:20]}"
         )
@@ -138,11 +149,15 @@ class VQADataModule(L.LightningDataModule):
         val_size: int | None = 64,
         with_targets: bool = False,
         max_prompt_length: int | None = None,
+        on_bad_record: str | None = None,
         seed: int = 42,
         test_seed: int = 42,
     ):
         super().__init__()
         self.source = source
+        self.max_prompt_length = max_prompt_length  # algo.max_prompt_length: every split, every mode
+        # data.on_bad_record: the readers get it as data.source.on_bad_record, so that is the default
+        self.on_bad_record = on_bad_record or getattr(source, "on_bad_record", "raise")
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.train_modality, self.train_question_type = train_modality, train_question_type
         self.max_train_samples, self.max_test_per_modality, self.val_size = (
@@ -163,22 +178,45 @@ class VQADataModule(L.LightningDataModule):
             **images,
         )
         self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, **images)
+        self.train_meter = PromptMeter(processor, self.prompt, **images)
+        self.eval_meter = PromptMeter(processor, self.eval_prompt, **images)
         self.splits: Splits | None = None
+        self._screened: set[str] = set()  # "training", "test": splits whose prompts are measured
         self.train_records: list[VQARecord] = []
         self.test_records: list[VQARecord] = []
         self.val_records: list[VQARecord] = []
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        self.splits = self.source.load()
-        self.train_records = select_training(self.splits.train, self.train_modality, self.train_question_type)
-        if self.max_train_samples:
-            self.train_records = stratified_subset(self.train_records, self.max_train_samples, self.seed)
-        self.test_records = cap_per_group(
-            self.splits.test, self.max_test_per_modality, "modality", self.test_seed
-        )
-        self.val_records = stratified_subset(self.test_records, self.val_size, self.test_seed)
+        """Read the splits once, then screen the prompts: the training split's first (unless only
+        testing: stage "test", mode=eval, need not measure prompts it never builds), then the test
+        split's, so that under on_bad_record=raise a training run names a training record."""
+        screened = set(self._screened)
+        if self.splits is None:
+            self.splits = self.source.load()
+            self.train_records = select_training(
+                self.splits.train, self.train_modality, self.train_question_type
+            )
+        if stage != "test" and "training" not in self._screened:
+            counter = SkipCounter(self.on_bad_record)
+            self.train_records = screen_prompts(
+                self.train_records, self.train_meter, self.max_prompt_length, counter, "training"
+            )
+            if not self.train_records:
+                raise ConfigError(
+                    f"no training record is usable: all {counter.total} were skipped as bad records "
+                    f"({dict(counter.skipped)}), e.g. {counter.examples[0] if counter.examples else '-'}"
+                )
+            if self.max_train_samples:
+                self.train_records = stratified_subset(self.train_records, self.max_train_samples, self.seed)
+            self._note_skipped(counter, "training")
+        if "test" not in self._screened:
+            counter = SkipCounter(self.on_bad_record)
+            test = screen_prompts(self.splits.test, self.eval_meter, self.max_prompt_length, counter, "test")
+            self.test_records = cap_per_group(test, self.max_test_per_modality, "modality", self.test_seed)
+            self.val_records = stratified_subset(self.test_records, self.val_size, self.test_seed)
+            self._note_skipped(counter, "test")
+        if self._screened == screened:
+            return  # nothing new (Lightning calls setup again after train.py did)
         log.info(
             "data: %d training records (modality=%s, question_type=%s), %d test, %d validation, %d bad records skipped",
             len(self.train_records),
@@ -188,6 +226,12 @@ class VQADataModule(L.LightningDataModule):
             len(self.val_records),
             self.splits.skipped,
         )
+
+    def _note_skipped(self, counter: SkipCounter, what: str) -> None:
+        """Mark `what` screened; log the prompt check's skips and count them with the readers'."""
+        self._screened.add(what)
+        counter.report(f"{what} prompts (algo.max_prompt_length={self.max_prompt_length})")
+        self.splits.skipped += counter.total
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)

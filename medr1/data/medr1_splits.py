@@ -43,6 +43,7 @@ from medr1.data.records import (
     read_json_list,
     usable_image,
 )
+from medr1.errors import ConfigError, DataNotFoundError, shown
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class MedR1Splits:
         verify_images: bool = True,
     ):
         if split_by not in GROUPS:
-            raise ValueError(f"data.split_by must be one of {tuple(GROUPS)}, got {split_by!r}")
+            raise ConfigError(f"data.split_by must be one of {tuple(GROUPS)}, got {split_by!r}")
         self.root = Path(root).expanduser().resolve()
         self.split_by = split_by
         self.on_bad_record = on_bad_record
@@ -95,7 +96,7 @@ class MedR1Splits:
         """All records of Splits/<split_by>/<part>/."""
         files = self.split_files(self.split_by, part)
         if not files:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no Med-R1 split files in {self.root / 'Splits' / self.split_by / part}: expected "
                 f"<raw name>_{part}.json files there (e.g. 'CT(Computed Tomography)_{part}.json'). Set "
                 "data.root to the OmniMedVQA folder that holds Splits/ and Images/."
@@ -136,6 +137,7 @@ class MedR1Splits:
             options=options,
             answer=answer,
             source=source_dataset(image),
+            file=str(file),
             **attributes,
         )
         record.check(file)
@@ -216,7 +218,7 @@ def item_fields(item: object) -> tuple[str, str, str]:
     values = {name: clean_text(item.get(name)) for name in ("image", "problem", "solution")}
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise ValueError(f"missing field: {', '.join(missing)} (absent or empty)")
+        raise ValueError(f"missing field: {', '.join(missing)} (absent, empty or not text)")
     return values["image"], values["problem"], values["solution"]
 
 
@@ -233,7 +235,13 @@ def parse_problem(problem: str) -> tuple[str, dict[str, str]]:
         if stem and all(options.values()) and (best is None or len(options) >= len(best[1])):
             best = (stem, options)
     if best is None or len(best[1]) < 2:
-        raise ValueError(f"malformed problem: no 'Stem A)option, B)option' found in {problem!r}")
+        raise ValueError(f"malformed problem: no 'Stem A)option, B)option' found in {shown(problem)}")
+    last = list(best[1])[-1]
+    beyond = chr(ord(LETTERS[-1]) + 1)
+    if last == LETTERS[-1] and re.search(rf",\s*{beyond}\)", best[1][last]):
+        raise ValueError(
+            f"too many options: the problem has an option {beyond}); at most {len(LETTERS)} (A-{LETTERS[-1]})"
+        )
     return best
 
 
@@ -257,7 +265,7 @@ def parse_solution(solution: str, options: dict[str, str]) -> str:
     match = _SOLUTION.fullmatch(solution)
     if match is None:
         raise ValueError(
-            f"malformed solution: expected '<answer> X </answer>' with one letter, got {solution!r}"
+            f"malformed solution: expected '<answer> X </answer>' with one letter, got {shown(solution)}"
         )
     letter = match.group(1).upper()
     if letter not in options:

@@ -72,12 +72,14 @@ from medr1.data.records import (
     read_json_list,
     usable_image,
 )
+from medr1.errors import ConfigError, DataNotFoundError, shown
 
 log = logging.getLogger(__name__)
 
 DATA_FILE_NAMES = ("medical_multimodel_evaluation_data.json", "medical_multimodal_evaluation_data.json")
 REQUIRED_COLUMNS = ("question", "options", "answer", "image", "subset")
 TEST_FILE_FIELDS = ("image", "question", "options", "solution", "subset")  # required in a test-file item
+TEST_FILE_LISTS = ("image", "options")  # of those, the ones that may be lists (the others are text)
 UNKNOWN_QUESTION_TYPE = "unknown"
 
 
@@ -103,7 +105,7 @@ class MedVLMR1:
         self.test_root = None if test_root is None else Path(test_root).expanduser().resolve()
         self.test_file = None if test_file is None else Path(test_file).expanduser()
         if self.test_file is not None and self.test_root is not None:
-            raise ValueError(
+            raise ConfigError(
                 "data.test_file and data.test_root both set: the test set comes either from MedVLM-R1's "
                 f"released file ({test_file}) or from a seeded OmniMedVQA draw ({test_root}); set the other to null"
             )
@@ -166,7 +168,7 @@ class MedVLMR1:
         candidates = [self.root / name for name in DATA_FILE_NAMES if (self.root / name).is_file()]
         candidates = candidates or sorted(self.root.glob("*.json"))
         if len(candidates) != 1:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"cannot tell which file in {self.root} is HuatuoGPT-Vision's evaluation data (found "
                 f"{[path.name for path in candidates]}): expected {DATA_FILE_NAMES[0]} next to its images/ "
                 "folder. Set data.root to that folder or to the JSON file itself."
@@ -182,7 +184,7 @@ class MedVLMR1:
         for path in tries:
             if path.is_file():
                 return path.resolve()
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"MedVLM-R1 test file not found: tried {', '.join(str(path) for path in tries)}. Set data.test_file "
             "to MedVLM-R1's released MRI_CT_XRAY_300each_dataset.json (absolute, or relative to data.root), "
             "or to null for a seeded test draw."
@@ -315,13 +317,15 @@ def huatuo_record(row: dict, data_file: Path, checker: ImageChecker) -> VQARecor
     try:
         question = clean_text(row.get("question"))
         if question is None:
-            raise ValueError("missing field: question (absent or empty)")
+            raise ValueError("missing field: question (absent, empty or not text)")
         options = options_from_list(row.get("options"))
         answer = answer_from_text_or_letter(clean_text(row.get("answer")), options)
         images = tuple(
             str(usable_image(data_file.parent, path, checker)) for path in image_list(row.get("image"))
         )
-        modality = canonical_modality(clean_text(row.get("subset")) or "")
+        modality = known_name(
+            canonical_modality, clean_text(row.get("subset")) or "", "unknown modality in subset"
+        )
     except ValueError as error:
         raise BadRecordError(data_file, record_id, str(error)) from None
     record = VQARecord(
@@ -333,6 +337,7 @@ def huatuo_record(row: dict, data_file: Path, checker: ImageChecker) -> VQARecor
         modality=modality,
         question_type=UNKNOWN_QUESTION_TYPE,
         source=clean_text(row.get("dataset")) or "Medical_Multimodal_Evaluation_Data",
+        file=str(data_file),
     )
     record.check(data_file)
     return record
@@ -344,9 +349,13 @@ def test_file_record(item: object, index: int, file: Path, folder: Path, checker
     try:
         if not isinstance(item, dict):
             raise ValueError(f"malformed item: expected an object, got {type(item).__name__}")
-        missing = [name for name in TEST_FILE_FIELDS if is_empty(item.get(name))]
+        missing = [
+            name
+            for name in TEST_FILE_FIELDS
+            if (is_empty(item.get(name)) if name in TEST_FILE_LISTS else clean_text(item.get(name)) is None)
+        ]
         if missing:
-            raise ValueError(f"missing field: {', '.join(missing)} (absent or empty)")
+            raise ValueError(f"missing field: {', '.join(missing)} (absent, empty or not text)")
         options = options_from_list(item["options"])
         answer = solution_letter(clean_text(item["solution"]), options)
         check_answer_text(clean_text(item.get("answer")), answer, options)
@@ -363,6 +372,7 @@ def test_file_record(item: object, index: int, file: Path, folder: Path, checker
         modality=modality,
         question_type=UNKNOWN_QUESTION_TYPE,
         source=clean_text(item.get("dataset")) or "OmniMedVQA",
+        file=str(file),
     )
     record.check(file)
     return record
@@ -376,7 +386,7 @@ def is_empty(value: object) -> bool:
 def solution_letter(solution: str, options: dict[str, str]) -> str:
     """The bare letter of `solution` (e.g. "D"), which must be one of the options' letters."""
     if not re.fullmatch(r"[A-Za-z]", solution):
-        raise ValueError(f"malformed solution: expected one letter like 'C', got {solution!r}")
+        raise ValueError(f"malformed solution: expected one letter like 'C', got {shown(solution)}")
     letter = solution.upper()
     if letter not in options:
         raise ValueError(f"answer is not among options: solution {letter!r}, options {list(options)}")
@@ -387,23 +397,25 @@ def check_answer_text(answer: str | None, letter: str, options: dict[str, str]) 
     """When the item gives the answer text too, it must be the text of option `letter`."""
     if answer is not None and answer.strip() != options[letter].strip():
         raise ValueError(
-            f"answer does not match solution: answer {answer!r}, but option {letter} is {options[letter]!r}"
+            f"answer does not match solution: answer {shown(answer)}, but option {letter} is {shown(options[letter])}"
         )
 
 
 def options_from_list(values: object) -> dict[str, str]:
     if not isinstance(values, list) or not 2 <= len(values) <= len(LETTERS):
-        raise ValueError(f"malformed options: expected a list of 2 to {len(LETTERS)} texts, got {values!r}")
+        raise ValueError(
+            f"malformed options: expected a list of 2 to {len(LETTERS)} texts, got {shown(values)}"
+        )
     texts = [clean_text(value) for value in values]
     if None in texts:
-        raise ValueError(f"empty option: options {values!r}")
+        raise ValueError(f"empty option: options {shown(values)}")
     return dict(zip(LETTERS, texts, strict=False))
 
 
 def answer_from_text_or_letter(answer: str | None, options: dict[str, str]) -> str:
     """The letter of the option whose text is `answer`, or `answer` itself when it is a bare letter."""
     if answer is None:
-        raise ValueError("missing field: answer (absent or empty)")
+        raise ValueError("missing field: answer (absent, empty or not text)")
     try:
         return answer_letter(answer, options)
     except ValueError:
@@ -419,7 +431,7 @@ def image_list(value: object) -> list[str]:
         or not paths
         or not all(isinstance(path, str) and path.strip() for path in paths)
     ):
-        raise ValueError(f"missing field: image (expected a path or a list of paths, got {value!r})")
+        raise ValueError(f"missing field: image (expected a path or a list of paths, got {shown(value)})")
     return paths
 
 
@@ -464,4 +476,4 @@ def _canonical(name: str, setting: str) -> str:
     try:
         return canonical_modality(name)
     except KeyError as error:
-        raise ValueError(f"{setting}: {error.args[0]}") from None
+        raise ConfigError(f"{setting}: {error.args[0]}") from None

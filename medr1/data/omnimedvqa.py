@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from medr1.data.records import (
     usable_image,
 )
 from medr1.data.split import split_by_group
+from medr1.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class OmniMedVQA:
         access: Sequence[str] = ACCESS_FOLDERS,
     ):
         if split_by not in SPLIT_GROUPS:
-            raise ValueError(f"data.split_by must be one of {SPLIT_GROUPS}, got {split_by!r}")
+            raise ConfigError(f"data.split_by must be one of {SPLIT_GROUPS}, got {split_by!r}")
         self.root = Path(root).expanduser().resolve()
         self.split_by = split_by
         self.test_fraction = test_fraction
@@ -108,7 +110,7 @@ class OmniMedVQA:
         present = [folder for folder in folders if folder.is_dir()]
         files = [path for folder in present for path in sorted(folder.glob("*.json"))]
         if not files:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no OmniMedVQA question files under {self.root}: expected "
                 f"{self.root}/QA_information/<{' | '.join(self.access)}>/<dataset>.json and images under "
                 f"{self.root}/Images/<dataset>/. Set data.root to the folder that holds QA_information/ "
@@ -125,7 +127,7 @@ def access_folders(access: str | Sequence[str]) -> tuple[str, ...]:
     unknown = [name for name in names if name not in ACCESS_FOLDERS]
     if unknown or not names:
         problem = f"unknown access folder(s) {unknown}" if unknown else "no access folder given"
-        raise ValueError(
+        raise ConfigError(
             f"data.access: {problem}; valid: {list(ACCESS_FOLDERS)} (the sub-folders of QA_information/), "
             "e.g. data.access=[Open-access] for a download without the restricted images"
         )
@@ -149,7 +151,7 @@ def omnimedvqa_record(item: object, index: int, file: Path, root: Path, checker:
         fields["modality_type"] = clean_text(item.get("modality_type", item.get("modality")))
         missing = [name for name, value in fields.items() if value is None]
         if missing:
-            raise ValueError(f"missing field: {', '.join(missing)} (absent or empty)")
+            raise ValueError(f"missing field: {', '.join(missing)} (absent, empty or not text)")
         options = options_from_fields(item)
         answer = answer_letter(fields["gt_answer"], options)
         modality = known_name(canonical_modality, fields["modality_type"], "unknown modality")
@@ -166,13 +168,20 @@ def omnimedvqa_record(item: object, index: int, file: Path, root: Path, checker:
         modality=modality,
         question_type=question_type,
         source=source,
+        file=str(file),
     )
     record.check(file)
     return record
 
 
 def options_from_fields(item: dict) -> dict[str, str]:
-    """Options from option_A, option_B, ...; empty trailing ones are dropped, a gap is an error."""
+    """Options from option_A, option_B, ...; empty trailing ones are dropped, a gap is an error, and so
+    is an option beyond the last letter medr1 supports (option_K: it would be dropped silently)."""
+    beyond = [key for key in item if re.fullmatch(r"option_[A-Z]", str(key)) and key[-1] not in LETTERS]
+    if any(clean_text(item[key]) is not None for key in beyond):
+        raise ValueError(
+            f"too many options: {sorted(beyond)[0]} is set; at most {len(LETTERS)} (option_A to option_{LETTERS[-1]})"
+        )
     texts = {letter: clean_text(item.get(f"option_{letter}")) for letter in LETTERS}
     present = [letter for letter, text in texts.items() if text is not None]
     expected = list(LETTERS[: len(present)])
@@ -193,16 +202,25 @@ def with_hint(problem: str, file: Path) -> str:
 
 
 def make_ids_unique(records: list[VQARecord]) -> list[VQARecord]:
-    """Suffix repeated ids with #2, #3, ... in a fixed order, so predictions stay one line per id."""
+    """Suffix repeated ids with #2, #3, ... in a fixed order, so predictions stay one line per id; a
+    suffix that another record already has as its id is passed over (#3 then)."""
     by_id: dict[str, list[VQARecord]] = defaultdict(list)
     for record in records:
         by_id[record.id].append(record)
+    taken = set(by_id)
     unique: list[VQARecord] = []
     repeated = 0
     for record_id, group in by_id.items():
-        group.sort(key=lambda record: (record.source, record.images, record.question))
+        group.sort(
+            key=lambda record: (record.source, record.images, record.question, tuple(record.options.items()))
+        )
         unique.append(group[0])
-        for number, record in enumerate(group[1:], start=2):
+        number = 1
+        for record in group[1:]:
+            number += 1
+            while f"{record_id}#{number}" in taken:
+                number += 1
+            taken.add(f"{record_id}#{number}")
             unique.append(dataclasses.replace(record, id=f"{record_id}#{number}"))
             repeated += 1
     if repeated:

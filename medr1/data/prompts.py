@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from medr1.data.records import VQARecord
+from medr1.errors import ConfigError
 
 # Med-R1 training, r1v/grpo_vqa.py:152 and r1v/grpo_vqa_nothink.py:151
 THINK = (
@@ -71,14 +72,14 @@ def resolve_template(template: str, key: str = "prompt.template") -> str:
     """The format string for `template` (a name in NAMED_TEMPLATES or a format string with {Question})."""
     text = NAMED_TEMPLATES.get(template, template)
     if not isinstance(text, str) or "{Question}" not in text:
-        raise ValueError(
+        raise ConfigError(
             f"{key}={template!r} is neither a template name nor a string with a {{Question}} placeholder; "
             f"use one of {list(NAMED_TEMPLATES)} or a string containing {{Question}}"
         )
     try:
         text.format(Question="")
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise ConfigError(
             f"{key}={template!r} has a placeholder other than {{Question}} ({error!r}); write literal braces as {{{{ }}}}"
         ) from error
     return text
@@ -106,13 +107,13 @@ class PromptFormat:
             ("separator", self.option_separator),
         ):
             if not isinstance(value, str):
-                raise ValueError(f"prompt.options.{key}={value!r} must be a string")
+                raise ConfigError(f"prompt.options.{key}={value!r} must be a string")
         try:
             rendered = self.option_format.format(letter="\0L", text="\0T")
         except (KeyError, IndexError, ValueError) as error:
             rendered = repr(error)
         if "\0L" not in rendered or "\0T" not in rendered:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt.options.format={self.option_format!r} must contain {{letter}} and {{text}} and no other "
                 "placeholder, e.g. '{letter}) {text}'"
             )
@@ -126,14 +127,14 @@ class PromptFormat:
         if isinstance(prompt, str):
             return cls(template=prompt)
         if not isinstance(prompt, Mapping) or "template" not in prompt:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt={prompt!r} must be a prompt config group with a `template` key (conf/prompt/*.yaml), "
                 "a template name or a format string with {Question}"
             )
         options = dict(prompt.get("options") or {})
         unknown = set(options) - {"before", "format", "separator"}
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt.options has unknown keys {sorted(unknown)}; the keys are before, format, separator"
             )
         default = cls()

@@ -28,9 +28,11 @@ def resolve_model_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
     """The folder or HF id to load: `model.path`, or the offline-built checkpoint for `model.build`."""
     if model_cfg.get("path"):
         path = str(model_cfg.path)
-        if (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()) and not (
-            Path(path).expanduser() / "config.json"
-        ).exists():
+        folder = Path(path).expanduser()
+        # a model folder has a config.json; a PEFT adapters folder (medr1.export --adapters) an adapter_config.json
+        if (path.startswith((".", "/", "~")) or folder.exists()) and not any(
+            (folder / name).exists() for name in ("config.json", "adapter_config.json")
+        ):
             raise FileNotFoundError(
                 f"model.path={path!r} is a local path without a config.json; point it at a folder "
                 "written by save_pretrained (or a HF id such as Qwen/Qwen2-VL-2B-Instruct)"

@@ -9,6 +9,7 @@ to a folder). There is no separate "test" loading path. Imports nothing from med
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,15 @@ def pick_dtype(requested: str) -> torch.dtype:
     return DTYPES[requested]
 
 
+def config_source(path: str) -> str:
+    """Where the model's config.json is: `path`, or for a PEFT adapters folder (`python -m
+    medr1.export --adapters`) the base model it names."""
+    adapter = Path(path).expanduser() / "adapter_config.json"
+    if adapter.is_file():
+        return str(json.loads(adapter.read_text())["base_model_name_or_path"])
+    return path
+
+
 def load_processor(model_cfg: DictConfig | Mapping, path: str):
     """AutoProcessor with the configured pixel budget (where the model's processor has one); left
     padding for batched generation."""
@@ -66,7 +76,7 @@ def load_processor(model_cfg: DictConfig | Mapping, path: str):
     from transformers.image_utils import SizeDict
 
     processor = AutoProcessor.from_pretrained(path)
-    model_type = AutoConfig.from_pretrained(path).model_type
+    model_type = AutoConfig.from_pretrained(config_source(path)).model_type
     min_pixels, max_pixels = int(model_cfg["min_pixels"]), int(model_cfg["max_pixels"])
     if model_type not in PIXEL_BUDGET_PROCESSORS:
         log.info("%s sizes images its own way: model.min_pixels/max_pixels are not used", model_type)

@@ -1,17 +1,23 @@
-"""build_report: sweep directory in, generalization matrices, comparison, heatmaps (and W&B) out."""
+"""build_report: sweep directory in, generalization matrices, comparison, pairs, cells.csv, heatmaps
+(and W&B) out, every accuracy with its 95% bootstrap interval; report.html shows it all in one file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from medr1.report.cells import build_cells, write_cells
+from medr1.report.comparison import build_comparison
 from medr1.report.heatmap import plot_heatmap
-from medr1.report.runs import Run, fold_base_runs, load_runs
+from medr1.report.html import write_html
+from medr1.report.intervals import Estimator
+from medr1.report.pairs import build_pairs, no_pairs_markdown
+from medr1.report.runs import ReportError, Run, fold_base_runs, group_seeds, load_runs
+from medr1.report.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap
 from medr1.report.tables import (
     MODALITY_AXIS,
     QUESTION_TYPE_AXIS,
     Table,
-    build_comparison,
     build_matrix,
     to_markdown,
     varies_question_type,
@@ -35,10 +41,15 @@ class ReportResult:
     markdown: str  # every table as Markdown, in the order written
     wandb_dir: Path | None = None  # the local W&B run folder, when logged
     parser: str | None = None  # --parser: every accuracy re-read with it; None = each run's own
+    pairs: Table | None = None  # rows differing in one setting (pairs.csv); None when there is none
+    cells: list[dict] = field(default_factory=list)  # cells.csv rows (cells.CELL_COLUMNS; None = blank)
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples per interval (0 = no intervals)
+    seed: int = DEFAULT_SEED  # the resampling seed
 
     @property
     def tables(self) -> list[Table]:
-        return [t for t in (self.modality_matrix, self.question_type_matrix, self.comparison) if t]
+        tables = (self.modality_matrix, self.question_type_matrix, self.comparison, self.pairs)
+        return [table for table in tables if table is not None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,8 +90,9 @@ def parser_notes(runs: list[Run], parser: str | None) -> list[str]:
     return [f"accuracies read with the {used[0]} evaluation parser."] if used else []
 
 
-def _write_table(table: Table, out_dir: Path, paths: dict[str, Path]) -> str:
-    markdown = to_markdown(table)
+def _write_table(table: Table, out_dir: Path, paths: dict[str, Path], appendix: str = "") -> str:
+    """Write <name>.md (the table, then `appendix`) and <name>.csv; return the Markdown."""
+    markdown = to_markdown(table) + (f"\n{appendix}" if appendix else "")
     md_path = out_dir / f"{table.name}.md"
     md_path.write_text(markdown)
     paths[md_path.name] = md_path
@@ -95,43 +107,65 @@ def _write_table(table: Table, out_dir: Path, paths: dict[str, Path]) -> str:
 
 
 def build_report(
-    sweep_dir: Path, out_dir: Path | None = None, use_wandb: bool | None = None, parser: str | None = None
+    sweep_dir: Path,
+    out_dir: Path | None = None,
+    use_wandb: bool | None = None,
+    parser: str | None = None,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> ReportResult:
-    """Read every run below `sweep_dir` and write the report files into `out_dir` (default: sweep_dir).
+    """Read every run below `sweep_dir` and write the report files into `out_dir` (default: sweep_dir):
+    matrix_<axis>.{md,csv} + heatmap_<axis>.png, comparison.{md,csv} (comparison.md ends with the
+    pairs that differ in one setting), pairs.csv (when there are pairs) and cells.csv.
 
     use_wandb: None = log to W&B when any run logged there (logger.name == "wandb").
     parser: None = each run's accuracies as its evaluation recorded them; robust | medr1 | medvlm_r1 =
     every run's accuracies read with that parser (recomputed from eval/predictions.jsonl).
-    Raises ReportError when `sweep_dir` is missing or holds no run directory, or `parser` is unknown.
+    resamples, seed: the bootstrap behind every interval (medr1.report.stats); resamples=0 = no
+    intervals. Same inputs and arguments => byte-identical Markdown and CSV files.
+    Raises ReportError when `sweep_dir` is missing or holds no run directory, `parser` is unknown or
+    `resamples` is negative.
     """
+    if resamples < 0:
+        raise ReportError(f"--resamples must be 0 (no intervals) or more, got {resamples}")
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir, parser)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment = experiment_of(runs, sweep_dir)
     bases = fold_base_runs(runs)
+    groups = group_seeds(runs)
+    estimator = Estimator(Bootstrap(resamples, seed) if resamples > 0 else None)
+    shared = {"groups": groups, "estimator": estimator}
 
-    modality = build_matrix(runs, bases, MODALITY_AXIS, experiment)
+    modality = build_matrix(runs, bases, MODALITY_AXIS, experiment, **shared)
     question_type = None
     if varies_question_type(runs):
-        question_type = build_matrix(runs, bases, QUESTION_TYPE_AXIS, experiment)
-    comparison = build_comparison(runs, bases, experiment)
-    for table in (modality, question_type, comparison):
+        question_type = build_matrix(runs, bases, QUESTION_TYPE_AXIS, experiment, **shared)
+    comparison = build_comparison(runs, bases, experiment, **shared)
+    pairs = build_pairs(bases, groups, estimator)
+    for table in (modality, question_type, comparison, pairs):
         if table is not None:
             table.notes += parser_notes(runs, parser)
 
     paths: dict[str, Path] = {}
     markdown = []
     images: dict[str, Path] = {}
-    for table in (modality, question_type, comparison):
+    for table in (modality, question_type):
         if table is None:
             continue
         markdown.append(_write_table(table, out_dir, paths))
-        if table.name.startswith("matrix_"):
-            axis = table.name.removeprefix("matrix_")
-            title = f"{experiment}\naccuracy (%), train {axis.replace('_', ' ')} → test"
-            image = plot_heatmap(table, out_dir / f"heatmap_{axis}.png", title=title)
-            paths[image.name] = images[image.stem] = image
+        axis = table.name.removeprefix("matrix_")
+        title = f"{experiment}\naccuracy (%), train {axis.replace('_', ' ')} → test"
+        image = plot_heatmap(table, out_dir / f"heatmap_{axis}.png", title=title)
+        paths[image.name] = images[image.stem] = image
+    pairs_markdown = to_markdown(pairs) if pairs is not None else no_pairs_markdown()
+    markdown.append(_write_table(comparison, out_dir, paths, appendix=pairs_markdown))
+    if pairs is not None:
+        paths["pairs.csv"] = write_csv(pairs, out_dir / "pairs.csv")
+    cells = build_cells(runs, estimator)
+    paths["cells.csv"] = write_cells(cells, out_dir / "cells.csv")
 
     result = ReportResult(
         sweep_dir,
@@ -144,9 +178,19 @@ def build_report(
         paths,
         "\n".join(markdown),
         parser=parser,
+        pairs=pairs,
+        cells=cells,
+        resamples=resamples,
+        seed=seed,
     )
+    paths["report.html"] = write_html(result, out_dir / "report.html")
     if _wandb_wanted(runs, use_wandb):
         result.wandb_dir = log_report(
-            result.tables, images, project=_wandb_project(runs), group=experiment, run_dir=sweep_dir
+            result.tables,
+            images,
+            project=_wandb_project(runs),
+            group=experiment,
+            run_dir=sweep_dir,
+            cells=cells,
         )
     return result

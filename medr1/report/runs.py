@@ -1,10 +1,13 @@
 """Find the run directories of a sweep and read what the report needs from each.
 
 A run directory is any directory holding `.hydra/config.yaml`; its results are in
-`eval/summary.json`. With a parser named (`--parser`), a run whose summary was read with another
-parser has its accuracies recomputed from `eval/predictions.jsonl` (format rate and reasoning length
-are kept as recorded). Configs are read without resolving: Hydra saves them with `${...}`
+`eval/summary.json`, its per-question answers in `eval/predictions.jsonl` (read for the bootstrap
+intervals: medr1.report.questions). With a parser named (`--parser`), a run whose summary was read
+with another parser has its accuracies recomputed from the predictions (format rate and reasoning
+length are kept as recorded). Configs are read without resolving: Hydra saves them with `${...}`
 interpolations (some need Hydra's resolvers), so only the plain keys below are selected one by one.
+
+Runs that differ only in their seed (a `seed=1,2,3` sweep) are one row of the report: `group_seeds`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medr1.answers import PARSERS
 from medr1.data.names import canonical_modality, canonical_question_type
+from medr1.report.questions import (
+    PREDICTIONS,
+    Questions,
+    Rows,
+    check_against_summary,
+    questions_from_rows,
+    read_rows,
+)
 
 RUN_DIR_HINT = (
     "a run directory is a folder holding `.hydra/config.yaml` (written by `python run.py`) "
@@ -61,6 +72,9 @@ class Run:
     )  # eval/summary.json (accuracies re-read under --parser), None if missing or unreadable
     problem: str | None  # why `summary` is None, e.g. "no eval/summary.json"
     parser: str | None = None  # the evaluation parser behind summary's accuracies; None without a summary
+    seed: str | None = None  # the `seed` override, else the config's seed; None when neither is set
+    questions: Questions | None = None  # per-question correctness behind summary (None: no intervals)
+    questions_problem: str | None = None  # why `questions` is None although `summary` is not
 
     @property
     def is_base(self) -> bool:
@@ -103,33 +117,28 @@ def recorded_parser(summary: dict) -> str:
     return str(summary.get("parser") or "robust")
 
 
-def _read_predictions(run_dir: Path, parser: str) -> tuple[list[dict] | None, str | None]:
-    """(prediction rows, None) or (None, why they cannot be re-read with `parser`)."""
-    path = run_dir / "eval" / "predictions.jsonl"
-    if not path.is_file():
-        return None, f"no eval/predictions.jsonl to recompute accuracy with the {parser} parser"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as error:
-        return None, f"eval/predictions.jsonl unreadable: {error}"
+def _regrade_problem(rows: Rows | None, problem: str | None, parser: str) -> str | None:
+    """Why the prediction rows cannot be re-read with `parser` (None when they can)."""
+    if rows is None:
+        if problem == f"no {PREDICTIONS.as_posix()}":
+            return f"no {PREDICTIONS.as_posix()} to recompute accuracy with the {parser} parser"
+        return problem
     needed = {"completion", "answer", "modality", "question_type"} | (
         {"options"} if parser == "robust" else set()
     )
-    lacking = sorted({key for row in rows for key in needed if key not in row})
-    if not rows or lacking:
+    lacking = sorted({key for _, row in rows for key in needed if key not in row})
+    if lacking:
         fix = (
             " (written before options were stored: re-evaluate, or use --parser medr1 or medvlm_r1)"
             if lacking == ["options"]
             else ""
         )
-        return None, f"eval/predictions.jsonl lacks {lacking or 'rows'}{fix}"
-    return rows, None
+        return f"{PREDICTIONS.as_posix()} lacks {lacking}{fix}"
+    return None
 
 
-def _read_summary(run_dir: Path, parser: str | None = None) -> tuple[dict | None, str | None]:
-    """(summary, None) or (None, the reason it cannot be used). With `parser` set and different from
-    the one the summary records, accuracy, n, by_modality and by_question_type are recomputed from
-    eval/predictions.jsonl and the summary's `parser` says `parser`."""
+def _read_summary(run_dir: Path) -> tuple[dict | None, str | None]:
+    """(summary, None) or (None, the reason it cannot be used)."""
     path = run_dir / "eval" / "summary.json"
     if not path.is_file():
         return None, "no eval/summary.json"
@@ -140,14 +149,43 @@ def _read_summary(run_dir: Path, parser: str | None = None) -> tuple[dict | None
     accuracy = summary.get("accuracy") if isinstance(summary, dict) else None
     if not isinstance(accuracy, int | float) or not 0.0 <= accuracy <= 1.0:
         return None, "eval/summary.json has no 'accuracy' fraction in [0, 1]"
-    if parser is None or parser == recorded_parser(summary):
-        return summary, None
-    rows, problem = _read_predictions(run_dir, parser)
-    if rows is None:
-        return None, problem
-    from medr1.grading import regrade  # imports torch: only when a run is re-graded
+    return summary, None
 
-    return summary | regrade(rows, parser) | {"parser": parser}, None
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A run's test evaluation as the report reads it (see the Run fields of the same names)."""
+
+    summary: dict | None
+    problem: str | None
+    questions: Questions | None = None
+    questions_problem: str | None = None
+
+
+def read_evaluation(run_dir: Path, parser: str | None = None) -> Evaluation:
+    """The run's summary and per-question correctness. With `parser` set and different from the one
+    the summary records, accuracy, n, by_modality and by_question_type are recomputed from
+    eval/predictions.jsonl (the summary's `parser` then says `parser`), and so is every question's
+    `correct`. Predictions that are missing, malformed or disagree with the summary leave
+    `questions` None with the reason in `questions_problem`; the summary still stands."""
+    summary, problem = _read_summary(run_dir)
+    if summary is None:
+        return Evaluation(None, problem)
+    rows, rows_problem = read_rows(run_dir)
+    regrade_with = parser if parser is not None and parser != recorded_parser(summary) else None
+    if regrade_with is not None:
+        problem = _regrade_problem(rows, rows_problem, regrade_with)
+        if problem is not None:
+            return Evaluation(None, problem)
+        from medr1.grading import regrade  # imports torch: only when a run is re-graded
+
+        summary = summary | regrade([row for _, row in rows], regrade_with) | {"parser": regrade_with}
+    if rows is None:
+        return Evaluation(summary, None, None, rows_problem)
+    questions, questions_problem = questions_from_rows(rows, regrade_with)
+    if questions is not None:
+        questions_problem = check_against_summary(questions, summary)
+    return Evaluation(summary, None, questions if questions_problem is None else None, questions_problem)
 
 
 def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
@@ -159,7 +197,9 @@ def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
         raise ReportError(f"{config_path} is not valid YAML ({error}); fix or remove that run dir") from error
     if not isinstance(cfg, DictConfig):
         raise ReportError(f"{config_path} is not a mapping; {RUN_DIR_HINT}")
-    summary, problem = _read_summary(run_dir, parser)
+    evaluation = read_evaluation(run_dir, parser)
+    overrides = _read_overrides(run_dir)
+    summary = evaluation.summary
     return Run(
         path=run_dir,
         relative=run_dir.relative_to(sweep_dir).as_posix(),
@@ -175,10 +215,13 @@ def load_run(run_dir: Path, sweep_dir: Path, parser: str | None = None) -> Run:
         tuning=_select(cfg, "tuning.name"),
         logger_name=_select(cfg, "logger.name"),
         logger_project=_select(cfg, "logger.project"),
-        overrides=_read_overrides(run_dir),
+        overrides=overrides,
         summary=summary,
-        problem=problem,
+        problem=evaluation.problem,
         parser=recorded_parser(summary) if summary is not None else None,
+        seed=_items(overrides).get("seed", _select(cfg, "seed")),
+        questions=evaluation.questions,
+        questions_problem=evaluation.questions_problem,
     )
 
 
@@ -249,13 +292,17 @@ TRAIN_ONLY_KEYS = frozenset(
 )
 
 
-def override_items(run: Run) -> dict[str, str]:
-    """`+key=value`, `++key=value`, `key=value`, `~key` -> {key: value}."""
+def _items(overrides: tuple[str, ...]) -> dict[str, str]:
     items = {}
-    for override in run.overrides:
+    for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
         items[key] = value if not key.startswith("~") else "<deleted>"
     return items
+
+
+def override_items(run: Run) -> dict[str, str]:
+    """`+key=value`, `++key=value`, `key=value`, `~key` -> {key: value}."""
+    return _items(run.overrides)
 
 
 def evaluation_inputs(run: Run) -> tuple:
@@ -333,3 +380,61 @@ def base_for(run: Run, bases: list[BaseRow]) -> BaseRow | None:
         if len(found) > 1:
             return None
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Trained runs: one row per setting, its seeds together
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """A trained row: one run, or the runs of one setting that differ only in `seed` (a seed sweep)."""
+
+    runs: tuple[Run, ...]  # path order; the first names the row (labels, config)
+
+    @property
+    def run(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def evaluated(self) -> tuple[Run, ...]:
+        """The seeds whose evaluation can be read: the row's numbers are their mean."""
+        return tuple(run for run in self.runs if run.summary is not None)
+
+
+def setting_of(run: Run) -> tuple:
+    """Everything the report knows about a run except its seed: runs with equal settings are seeds."""
+    items = {key: value for key, value in override_items(run).items() if key != "seed"}
+    return (
+        run.mode,
+        run.experiment_name,
+        run.model_name,
+        run.model_path,
+        run.algo,
+        run.train_modality,
+        run.train_question_type,
+        run.prompt,
+        run.reward,
+        run.tuning,
+        tuple(sorted(items.items())),
+    )
+
+
+def group_seeds(runs: list[Run]) -> list[SeedGroup]:
+    """The trained runs as rows, in order of each row's first run. Runs with the same setting and
+    distinct seeds are one row; the same setting with a repeated (or unknown) seed is not a seed
+    sweep (a rerun, or runs the overrides do not tell apart): each such run keeps its own row."""
+    by_setting: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if not run.is_base:
+            by_setting.setdefault(setting_of(run), []).append(run)
+    groups = []
+    for members in by_setting.values():
+        seeds = [run.seed for run in members]
+        if len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
+            groups.append(SeedGroup(tuple(members)))
+        else:
+            groups += [SeedGroup((run,)) for run in members]
+    order = {run.path: index for index, run in enumerate(runs)}
+    return sorted(groups, key=lambda group: order[group.run.path])

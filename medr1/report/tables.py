@@ -1,8 +1,17 @@
-"""The report's tables: train x test generalization matrices and the per-run comparison.
+"""The report's tables: train x test generalization matrices, and what every table shares (the comparison
+and the pairs build on it: medr1.report.comparison, medr1.report.pairs).
 
 A table is plain data (rows of floats, None = missing) plus how to show each column; Markdown,
-CSV, heatmap and W&B all render the same rows. Accuracies are fractions in the data and in CSV,
-percentages with one decimal in Markdown.
+CSV, heatmap, HTML and W&B all render the same rows. Accuracies are fractions in the data and in CSV,
+percentages with one decimal in Markdown. Beside the rows, a table holds each cell's 95% bootstrap
+interval (medr1.report.intervals) and, for a row that averages several seeds, each cell's spread over
+the seeds (sample standard deviation) and the number of seeds.
+
+Markdown cell: `61.2 ± 2.1 (3 seeds) [55.0, 67.3]` (mean ± sd over seeds, then the interval; a
+single run shows `61.2 [55.0, 67.3]`); a difference in points whose interval excludes 0 is starred,
+`+12.3* [+4.1, +20.5]`. CSV: the table's columns, then for every column with an interval in some
+row `<column>_ci_low`, `<column>_ci_high` (and `<column>_excludes_0` for differences), then `seeds`
+and `<column>_sd` where some row averages seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 from medr1.data.names import (
     MODALITIES,
@@ -21,7 +30,17 @@ from medr1.data.names import (
     canonical_modality,
     canonical_question_type,
 )
-from medr1.report.runs import BaseRow, Run, base_for, canonical_or_raw, natural_key, override_items
+from medr1.report.intervals import Estimator, Interval
+from medr1.report.runs import (
+    BaseRow,
+    Run,
+    SeedGroup,
+    canonical_or_raw,
+    group_seeds,
+    natural_key,
+    override_items,
+)
+from medr1.report.stats import excludes_zero
 
 MISSING_MD = "—"
 Cell = str | float | int | None
@@ -40,6 +59,13 @@ class Table:
     notes: list[str] = field(default_factory=list)
     axis: list[str] = field(default_factory=list)  # matrices: the test columns (canonical names)
     train_keys: list[str] = field(default_factory=list)  # matrices: each row's train key ("all" for base)
+    # Same shape as rows (or empty: the table has none). Per cell (low, high) of its 95% interval, in
+    # the cell's unit (fractions for percent columns, points for points columns); None: no interval.
+    intervals: list[list[Interval | None]] = field(default_factory=list)
+    # Same shape as rows (or empty): per cell the sample standard deviation over the row's seeds, in
+    # the cell's unit; None for single-run rows and cells without one.
+    spreads: list[list[float | None]] = field(default_factory=list)
+    row_seeds: list[int] = field(default_factory=list)  # per row: seeds averaged (1 = one run; 0 = missing)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,7 +158,8 @@ def _label_fields(axis: Axis) -> list[tuple[str, Callable[[Run], str | None]]]:
 
 
 def _matrix_labels(trained: list[Run], axis: Axis) -> tuple[dict[Path, str], dict[Path, tuple]]:
-    """Row label ("ct", "grpo: ct", "sft prompt=nothink: mri") and sort key of each trained run."""
+    """Row label ("ct", "grpo: ct", "sft prompt=nothink: mri") and sort key of each trained row,
+    keyed by the path of the row's first run."""
     fields = [(name, get) for name, get in _label_fields(axis) if len({get(run) for run in trained}) > 1]
     labels, sort_keys = {}, {}
     for run in trained:
@@ -141,10 +168,11 @@ def _matrix_labels(trained: list[Run], axis: Axis) -> tuple[dict[Path, str], dic
         train = axis.train_of(run)
         labels[run.path] = f"{prefix}: {train}" if prefix else train
         sort_keys[run.path] = (tuple(str(v) for _, v in values), axis.rank(train), natural_key(run.relative))
-    return _disambiguate(labels, trained, override_labels(trained, exclude=(axis.name,))), sort_keys
+    details = override_labels(trained, exclude=(axis.name, "seed"))
+    return disambiguate(labels, trained, details), sort_keys
 
 
-def _disambiguate(labels: dict[Path, str], runs: list[Run], details: dict[Path, str]) -> dict[Path, str]:
+def disambiguate(labels: dict[Path, str], runs: list[Run], details: dict[Path, str]) -> dict[Path, str]:
     """Labels two runs share get the run's `details` appended (else its run dir), e.g. a seed sweep."""
     shared = Counter(labels.values())
     result = {}
@@ -160,32 +188,105 @@ def _disambiguate(labels: dict[Path, str], runs: list[Run], details: dict[Path, 
     return result
 
 
-def _matrix_row(label: str, run: Run, train_key: str, columns: list[str], axis: Axis) -> list[Cell]:
-    """[label, per-column accuracy..., in-domain, out-of-domain, overall, note]."""
-    if run.summary is None:
-        return [label] + [None] * (len(columns) + 3) + [f"(missing: {run.problem})"]
+def _matrix_values(run: Run, train_key: str, columns: list[str], axis: Axis) -> list[float | None]:
+    """[per-column accuracy..., in-domain, out-of-domain, overall] from the run's summary."""
     scores = _scores(run, axis)
     cells = [scores.get(column) for column in columns]
     in_domain = scores.get(train_key) if train_key in columns else None
     others = [scores[c] for c in columns if c != train_key and c in scores]
     out_of_domain = mean(others) if others else None
-    return [label, *cells, in_domain, out_of_domain, float(run.summary["accuracy"]), None]
+    return [*cells, in_domain, out_of_domain, float(run.summary["accuracy"])]
 
 
-def build_matrix(runs: list[Run], bases: list[BaseRow], axis: Axis, experiment: str) -> Table:
-    """Rows: base model(s), then each trained run by train key; columns: test keys present."""
+@dataclass
+class RowData:
+    """One table row with what is shown beside each cell (see Table.intervals, spreads, row_seeds)."""
+
+    cells: list[Cell]
+    intervals: list[Interval | None]
+    spreads: list[float | None]
+    seeds: int
+
+
+def seed_mean(per_seed: list[list[Cell]]) -> tuple[list[Cell], list[float | None]]:
+    """Column-wise mean over seeds of numeric values (None left out) and their sample standard
+    deviation (only with two or more values); one seed's values are returned unchanged."""
+    if len(per_seed) == 1:
+        return list(per_seed[0]), [None] * len(per_seed[0])
+    means, spreads = [], []
+    for column in zip(*per_seed, strict=True):
+        present = [float(value) for value in column if value is not None]
+        means.append(mean(present) if present else None)
+        spreads.append(stdev(present) if len(present) > 1 else None)
+    return means, spreads
+
+
+def missing_problem(runs: tuple[Run, ...]) -> str:
+    return f"(missing: {runs[0].problem})"
+
+
+def _matrix_row(
+    label: str, runs: tuple[Run, ...], train_key: str, columns: list[str], axis: Axis, estimator: Estimator
+) -> RowData:
+    """[label, per-column accuracy..., in-domain, out-of-domain, overall, note] over `runs` (the row's
+    seeds; the evaluated ones are averaged), with intervals resampling every seed's questions jointly."""
+    width = len(columns) + 3
+    evaluated = tuple(run for run in runs if run.summary is not None)
+    if not evaluated:
+        cells = [label] + [None] * width + [missing_problem(runs)]
+        return RowData(cells, [None] * (width + 2), [None] * (width + 2), 0)
+    values, spreads = seed_mean([_matrix_values(run, train_key, columns, axis) for run in evaluated])
+    arms = [evaluated]
+    intervals = [
+        estimator.interval(estimator.group(arms, axis.name, column, label)) if value is not None else None
+        for column, value in zip(columns, values, strict=False)
+    ]
+    in_domain = intervals[columns.index(train_key)] if train_key in columns else None
+    others = [c for c in columns if c != train_key and all(c in _scores(run, axis) for run in evaluated)]
+    out_of_domain = estimator.interval(estimator.mean_over_groups(arms, axis.name, others, label))
+    overall = estimator.interval(estimator.overall(arms, label))
+    intervals += [in_domain, out_of_domain if values[width - 2] is not None else None, overall]
+    return RowData([label, *values, None], [None, *intervals, None], [None, *spreads, None], len(evaluated))
+
+
+def table_from(rows: list[RowData], **fields) -> Table:
+    return Table(
+        rows=[row.cells for row in rows],
+        intervals=[row.intervals for row in rows],
+        spreads=[row.spreads for row in rows],
+        row_seeds=[row.seeds for row in rows],
+        **fields,
+    )
+
+
+def build_matrix(
+    runs: list[Run],
+    bases: list[BaseRow],
+    axis: Axis,
+    experiment: str,
+    *,
+    groups: list[SeedGroup] | None = None,
+    estimator: Estimator | None = None,
+) -> Table:
+    """Rows: base model(s), then each trained row (a run, or a setting's seeds) by train key; columns:
+    test keys present. groups: the trained rows (default: group_seeds(runs)); estimator: intervals
+    (default: none)."""
+    estimator = estimator or Estimator(None)
+    groups = group_seeds(runs) if groups is None else groups
     columns = present_keys(runs, axis)
-    trained = [run for run in runs if not run.is_base]
-    labels, sort_keys = _matrix_labels(trained, axis)
-    ordered = sorted(trained, key=lambda run: sort_keys[run.path])
+    first_runs = [group.run for group in groups]
+    labels, sort_keys = _matrix_labels(first_runs, axis)
+    ordered = sorted(groups, key=lambda group: sort_keys[group.run.path])
     rows, train_keys = [], []
     for base in bases:
-        rows.append(_matrix_row(base.label, base.run, "all", columns, axis))
+        rows.append(_matrix_row(base.label, (base.run,), "all", columns, axis, estimator))
         train_keys.append("all")
-    for run in ordered:
-        rows.append(_matrix_row(labels[run.path], run, axis.train_of(run), columns, axis))
-        train_keys.append(axis.train_of(run))
-    table = Table(
+    for group in ordered:
+        train_key = axis.train_of(group.run)
+        rows.append(_matrix_row(labels[group.run.path], group.runs, train_key, columns, axis, estimator))
+        train_keys.append(train_key)
+    table = table_from(
+        rows,
         name=f"matrix_{axis.name}",
         title=f"{experiment}: accuracy (%) by train {axis.noun} (rows) and test {axis.noun} (columns)",
         columns=["train", *columns, "in-domain", "out-of-domain", "overall", "note"],
@@ -198,12 +299,12 @@ def build_matrix(runs: list[Run], bases: list[BaseRow], axis: Axis, experiment: 
             "note",
         ],
         kinds=["text", *["percent"] * (len(columns) + 3), "text"],
-        rows=rows,
-        notes=_matrix_notes(axis) + _run_notes(runs, bases),
+        notes=_matrix_notes(axis),
         axis=columns,
         train_keys=train_keys,
     )
-    return _drop_empty_note_column(table)
+    table.notes += interval_notes(table, estimator, axis) + run_notes(runs, bases, groups)
+    return drop_empty_note_column(table)
 
 
 def _matrix_notes(axis: Axis) -> list[str]:
@@ -213,8 +314,33 @@ def _matrix_notes(axis: Axis) -> list[str]:
     ]
 
 
-def _run_notes(runs: list[Run], bases: list[BaseRow]) -> list[str]:
-    """Folded base duplicates and missing summaries, said out loud."""
+def interval_notes(table: Table, estimator: Estimator, axis: Axis | None = None) -> list[str]:
+    """How the table's intervals and seed spreads were made, and pairing by common ids if it happened."""
+    bootstrap = estimator.bootstrap
+    multi_seed = any(seeds > 1 for seeds in table.row_seeds)
+    notes = []
+    if bootstrap is None:
+        notes.append("no intervals: --resamples 0.")
+    elif any(interval for row in table.intervals for interval in row):
+        where = (
+            f"a test column resamples that {axis.noun}'s questions, out-of-domain averages the other "
+            f"{axis.plural}' resampled accuracies, "
+            if axis is not None
+            else ""
+        )
+        seeds = "; a row of several seeds resamples the same questions for every seed" if multi_seed else ""
+        notes.append(
+            f"[low, high]: 95% percentile bootstrap interval over test questions ({bootstrap.resamples} "
+            f"resamples, resampling seed {bootstrap.seed}; --resamples, --seed): {where}overall resamples "
+            f"within each modality{seeds}."
+        )
+    if multi_seed:
+        notes.append("a ± s (k seeds): mean over the k seeds of a setting ± their sample standard deviation.")
+    return notes + estimator.take_notes()
+
+
+def run_notes(runs: list[Run], bases: list[BaseRow], groups: list[SeedGroup]) -> list[str]:
+    """Folded base duplicates, missing summaries and missing predictions, said out loud."""
     notes = []
     for base in bases:
         if base.folded:
@@ -223,27 +349,34 @@ def _run_notes(runs: list[Run], bases: list[BaseRow]) -> list[str]:
                 f"{base.label}: {len(base.folded)} duplicate base-model run(s) folded ({folded}); "
                 f"showing {base.run.relative}."
             )
-    shown = {base.run.path for base in bases} | {run.path for run in runs if not run.is_base}
-    for run in runs:
-        if run.summary is None and run.path in shown:
-            notes.append(
-                f"run dir {run.relative}: {run.problem} (failed or unfinished); its row is shown as missing."
-            )
+    rows = [(base.run,) for base in bases] + [group.runs for group in groups]
+    for members in rows:
+        seeds = len(members) > 1
+        evaluated = [run for run in members if run.summary is not None]
+        for run in members:
+            where = f"run dir {run.relative}" + (f" (seed {run.seed})" if seeds else "")
+            if run.summary is None:
+                fate = (
+                    "the row's mean is over its other seeds" if evaluated else "its row is shown as missing"
+                )
+                notes.append(f"{where}: {run.problem} (failed or unfinished); {fate}.")
+            elif run.questions is None and run.questions_problem:
+                notes.append(f"{where}: {run.questions_problem}; its row has no intervals.")
     return notes
 
 
-def _drop_empty_note_column(table: Table) -> Table:
+def drop_empty_note_column(table: Table) -> Table:
     if any(row[-1] for row in table.rows):
         return table
     for attr in ("columns", "headers", "kinds"):
         getattr(table, attr).pop()
-    for row in table.rows:
+    for row in [*table.rows, *table.intervals, *table.spreads]:
         row.pop()
     return table
 
 
 # --------------------------------------------------------------------------------------------------
-# Comparison: one row per run
+# Labels from overrides
 # --------------------------------------------------------------------------------------------------
 
 
@@ -262,118 +395,102 @@ def override_labels(runs: list[Run], exclude: tuple[str, ...] = ()) -> dict[Path
     }
 
 
-def _comparison_labels(trained: list[Run]) -> dict[Path, str]:
-    """Label each trained run by the overrides that differ across trained runs."""
-    differing = override_labels(trained)
-    labels = {run.path: differing[run.path] or _trained_on(run) for run in trained}
-    return _disambiguate(labels, trained, {})
-
-
-def _trained_on(run: Run) -> str:
-    """ "grpo on mri", "sft on all/lesion_grading": a run's label when no override tells it apart."""
-    data = (
-        run.train_modality
-        if run.train_question_type == "all"
-        else f"{run.train_modality}/{run.train_question_type}"
-    )
-    return f"{run.algo or 'run'} on {data}"
-
-
-def _comparison_row(label: str, run: Run, base: BaseRow | None) -> list[Cell]:
-    """[label, accuracy, format rate, reasoning length, n, delta (points), run dir, note]."""
-    if run.summary is None:
-        return [label, None, None, None, None, None, run.relative, f"(missing: {run.problem})"]
-    summary = run.summary
-    accuracy = float(summary["accuracy"])
-    delta = None
-    if base is not None and base.run is not run and base.run.summary is not None:
-        delta = 100.0 * (accuracy - float(base.run.summary["accuracy"]))
-    return [
-        label,
-        accuracy,
-        summary.get("format_rate"),
-        summary.get("reasoning_length"),
-        summary.get("n"),
-        delta,
-        run.relative,
-        None,
-    ]
-
-
-def build_comparison(runs: list[Run], bases: list[BaseRow], experiment: str) -> Table:
-    """Every run's headline numbers, base row(s) first, then trained runs in path order."""
-    trained = [run for run in runs if not run.is_base]
-    labels = _comparison_labels(trained)
-    rows = [_comparison_row(base.label, base.run, None) for base in bases]
-    rows += [_comparison_row(labels[run.path], run, base_for(run, bases)) for run in trained]
-    notes = ["Δ accuracy: percentage points over the base model's accuracy (blank without a base run)."]
-    table = Table(
-        name="comparison",
-        title=f"{experiment}: runs compared",
-        columns=[
-            "run",
-            "accuracy",
-            "format_rate",
-            "reasoning_length",
-            "n",
-            "delta_accuracy_pp",
-            "run_dir",
-            "note",
-        ],
-        headers=[
-            "run",
-            "accuracy (%)",
-            "format rate (%)",
-            "reasoning length",
-            "n",
-            "Δ accuracy (pp)",
-            "run dir",
-            "note",
-        ],
-        kinds=["text", "percent", "percent", "float", "int", "points", "text", "text"],
-        rows=rows,
-        notes=notes + _run_notes(runs, bases),
-    )
-    return _drop_empty_note_column(table)
-
-
 # --------------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------------
 
 
-def format_cell(value: Cell, kind: str) -> str:
-    """One Markdown cell: percentages with one decimal, missing as an em dash."""
-    if value is None or value == "":
-        return MISSING_MD if kind != "text" else ""
+def _number(value: float, kind: str) -> str:
     if kind == "percent":
         return f"{100.0 * float(value):.1f}"
     if kind == "points":
         return f"{float(value):+.1f}"
-    if kind == "float":
-        return f"{float(value):.1f}"
-    if kind == "int":
-        return str(int(value))
-    return str(value).replace("|", "\\|")
+    return f"{float(value):.1f}"
+
+
+def format_cell(
+    value: Cell,
+    kind: str,
+    interval: Interval | None = None,
+    spread: float | None = None,
+    seeds: int = 1,
+) -> str:
+    """One Markdown cell: percentages with one decimal, missing as an em dash; with a spread over
+    seeds and an interval, `61.2 ± 2.1 (3 seeds) [55.0, 67.3]`; a difference (points) whose interval
+    excludes 0 is starred, `+12.3* [+4.1, +20.5]`."""
+    if value is None or value == "":
+        return MISSING_MD if kind != "text" else ""
+    if kind == "text":
+        return str(value).replace("|", "\\|")
+    text = str(int(value)) if kind == "int" else _number(value, kind)
+    if kind == "points" and excludes_zero(interval):
+        text += "*"
+    if spread is not None:
+        shown = 100.0 * spread if kind == "percent" else spread
+        text += f" ± {shown:.1f}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+    if interval is not None:
+        text += f" [{_number(interval[0], kind)}, {_number(interval[1], kind)}]"
+    return text
+
+
+def _extras(table: Table, i: int, j: int) -> tuple[Interval | None, float | None, int]:
+    interval = table.intervals[i][j] if table.intervals else None
+    spread = table.spreads[i][j] if table.spreads else None
+    seeds = table.row_seeds[i] if table.row_seeds else 1
+    return interval, spread, seeds
 
 
 def to_markdown(table: Table) -> str:
     align = ["---" if kind == "text" else "---:" for kind in table.kinds]
     lines = [f"## {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "|".join(align) + "|"]
-    for row in table.rows:
-        lines.append(
-            "| " + " | ".join(format_cell(v, k) for v, k in zip(row, table.kinds, strict=True)) + " |"
-        )
+    for i, row in enumerate(table.rows):
+        cells = [
+            format_cell(v, k, *_extras(table, i, j))
+            for j, (v, k) in enumerate(zip(row, table.kinds, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines += [""] + [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
+def csv_table(table: Table) -> tuple[list[str], list[list]]:
+    """(header, rows) as CSV and W&B show a table: raw values (fractions, full precision; missing =
+    None), then `<column>_ci_low`, `<column>_ci_high` for every column with an interval in some row,
+    `<column>_excludes_0` for such columns of differences (points), then `seeds` and `<column>_sd`
+    when some row averages several seeds."""
+    width = len(table.columns)
+    with_interval = [j for j in range(width) if any(row[j] for row in table.intervals)]
+    differences = [j for j in with_interval if table.kinds[j] == "points"]
+    multi_seed = any(seeds > 1 for seeds in table.row_seeds)
+    with_spread = [j for j in range(width) if any(row[j] is not None for row in table.spreads)]
+    header = list(table.columns)
+    for j in with_interval:
+        header += [f"{table.columns[j]}_ci_low", f"{table.columns[j]}_ci_high"]
+    header += [f"{table.columns[j]}_excludes_0" for j in differences]
+    if multi_seed:
+        header += ["seeds"] + [f"{table.columns[j]}_sd" for j in with_spread]
+    rows = []
+    for i, row in enumerate(table.rows):
+        out = list(row)
+        for j in with_interval:
+            interval = table.intervals[i][j]
+            out += [None, None] if interval is None else list(interval)
+        for j in differences:
+            interval = table.intervals[i][j]
+            out.append(None if interval is None else excludes_zero(interval))
+        if multi_seed:
+            out += [table.row_seeds[i]] + [table.spreads[i][j] for j in with_spread]
+        rows.append(out)
+    return header, rows
+
+
 def write_csv(table: Table, path: Path) -> Path:
-    """Raw values (fractions, full precision); missing cells empty."""
+    """The table as csv_table gives it; missing cells empty."""
+    header, rows = csv_table(table)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(table.columns)
-        for row in table.rows:
+        writer.writerow(header)
+        for row in rows:
             writer.writerow(["" if value is None else value for value in row])
     return path

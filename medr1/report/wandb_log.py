@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medr1.report.tables import Table
+from medr1.report.cells import CELL_COLUMNS
+from medr1.report.tables import Table, csv_table
 
 DEFAULT_PROJECT = "medr1"
 
 
 def log_report(
-    tables: list[Table], images: dict[str, Path], *, project: str, group: str, run_dir: Path
+    tables: list[Table],
+    images: dict[str, Path],
+    *,
+    project: str,
+    group: str,
+    run_dir: Path,
+    cells: list[dict] | None = None,
 ) -> Path | None:
-    """Log `tables` as wandb.Table and `images` as wandb.Image; return the local run folder."""
+    """Log `tables` (with their CSV columns: intervals, seeds) and `cells` (cells.csv) as wandb.Table
+    and `images` as wandb.Image; return the local run folder."""
     import wandb  # lazy: slow to import and optional for the report
 
     from medr1.builders import wandb_mode  # lazy too: it imports Lightning and the training code
@@ -32,10 +40,14 @@ def log_report(
         config={"sweep_dir": str(run_dir)},
     )
     try:
-        payload = {
-            table.name: wandb.Table(columns=table.columns, data=[list(row) for row in table.rows])
-            for table in tables
-        }
+        payload = {}
+        for table in tables:
+            columns, rows = csv_table(table)
+            payload[table.name] = wandb.Table(columns=columns, data=rows)
+        if cells:
+            payload["cells"] = wandb.Table(
+                columns=CELL_COLUMNS, data=[[cell[column] for column in CELL_COLUMNS] for cell in cells]
+            )
         payload.update({name: wandb.Image(str(path)) for name, path in images.items()})
         run.log(payload)
         local_dir = Path(run.dir).parent if getattr(run, "dir", None) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
 from medr1.rl.loss import grpo_loss, masked_mean
 from medr1.rl.rewards import RewardOutput
+from medr1.rl.telemetry import stratum_metrics
 from medr1.rollout import SamplingConfig
 from medr1.vqa_module import VQAModule
 
@@ -126,6 +128,7 @@ class GRPOModule(VQAModule):
         self.settings = GRPOSettings.from_config(algo)
         self.sampling = self.settings.sampling
         self.sample_table_every = sample_table_every
+        self._telemetry_keys: set[str] = set()  # per-stratum keys logged so far (see _telemetry)
         # the reference is kept out of the module's state dict: checkpoints hold the policy only
         object.__setattr__(self, "_reference", reference_model)
 
@@ -293,6 +296,7 @@ class GRPOModule(VQAModule):
             metrics[f"train/reward_{part}_std"] = (
                 part_scores.std() if part_scores.numel() > 1 else torch.tensor(0.0)
             )
+        metrics |= self._telemetry(records, rollout, graded)
         self.log_dict(
             {k: float(v) for k, v in metrics.items()},
             on_step=True,
@@ -304,6 +308,22 @@ class GRPOModule(VQAModule):
         self.log("acc", metrics["train/accuracy"], prog_bar=True, on_step=True, batch_size=len(batch))
         if self.sample_table_every and self.global_step % self.sample_table_every == 0:
             self._log_samples(batch, rollout.texts, total)
+
+    def _telemetry(self, records, rollout: Rollout, graded) -> dict[str, float]:
+        """Per modality and question type, the reward-hacking sentinels and the reasoning/answer
+        consistency (medr1.rl.telemetry), with every key logged in an earlier step present.
+
+        Lightning re-logs a key's last value in a step that does not log it, which would show a
+        stratum absent from this batch with its old numbers: such a key is logged as NaN (a
+        `count` as 0), as is `train/consistency` when no completion's consistency is known.
+        """
+        telemetry = stratum_metrics(
+            records, rollout.texts, graded, rollout.total, rollout.mask, self.settings.num_generations
+        )
+        for key in self._telemetry_keys - telemetry.keys():
+            telemetry[key] = 0.0 if key.endswith("/count") else math.nan
+        self._telemetry_keys |= telemetry.keys()
+        return telemetry
 
     def _log_samples(self, batch, texts, total) -> None:
         from lightning.pytorch.loggers import WandbLogger

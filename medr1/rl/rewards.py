@@ -42,6 +42,7 @@ from medr1.answers import (
     reasoning_text,
     think_text,
 )
+from medr1.errors import ConfigError
 
 RewardFunction = Callable[..., list[float]]
 
@@ -184,9 +185,9 @@ def reasoning_length_reward(
     `max_words`; this discourages padding. No think block scores 0.
     """
     if target_words <= 0:
-        raise ValueError(f"reasoning_length_reward: target_words must be positive, got {target_words}")
+        raise ConfigError(f"reasoning_length_reward: target_words must be positive, got {target_words}")
     if max_words is not None and max_words < target_words:
-        raise ValueError(
+        raise ConfigError(
             f"reasoning_length_reward: max_words={max_words} is below target_words={target_words}"
         )
     scores = []
@@ -256,7 +257,7 @@ def _build_function(spec: Any, preset: str, part: str) -> RewardFunction:
         function = instantiate(spec)
         if callable(function):
             return function
-    raise TypeError(
+    raise ConfigError(
         f"reward preset {preset!r}: functions.{part} must be a callable, a dotted path, or a "
         f"`_target_` mapping with `_partial_: true` that yields a callable; got {spec!r}"
     )
@@ -267,17 +268,17 @@ def build_reward(cfg: Any) -> RewardModel:
     name = str(cfg.get("name", "<unnamed>"))
     functions_cfg, weights_cfg = cfg.get("functions") or {}, cfg.get("weights") or {}
     if not functions_cfg:
-        raise ValueError(
+        raise ConfigError(
             f"reward preset {name!r} has no functions; add `functions: {{part: {{_target_: ...}}}}`"
         )
     missing_weight = [part for part in functions_cfg if part not in weights_cfg]
     missing_function = [part for part in weights_cfg if part not in functions_cfg]
     if missing_weight:
-        raise ValueError(
+        raise ConfigError(
             f"reward preset {name!r}: functions {missing_weight} have no weight; add them under `weights`"
         )
     if missing_function:
-        raise ValueError(
+        raise ConfigError(
             f"reward preset {name!r}: weights {missing_function} have no function; add them under `functions`"
         )
     functions = {str(part): _build_function(spec, name, str(part)) for part, spec in functions_cfg.items()}
@@ -285,6 +286,6 @@ def build_reward(cfg: Any) -> RewardModel:
     for part in functions:
         weight = float(weights_cfg[part])
         if not math.isfinite(weight):
-            raise ValueError(f"reward preset {name!r}: weights.{part} = {weight} is not finite")
+            raise ConfigError(f"reward preset {name!r}: weights.{part} = {weight} is not finite")
         weights[part] = weight
     return RewardModel(name=name, functions=functions, weights=weights)

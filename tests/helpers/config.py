@@ -31,7 +31,10 @@ SUMMARY_KEYS = {
     "reasoning_length",
     "parser",
     "accuracy_by_parser",
+    "consistency_rate",
 }
+# ... and what the default eval block adds: eval.calibration=true and eval.probes=[letter_prior]
+DEFAULT_SUMMARY_KEYS = SUMMARY_KEYS | {"calibration", "probes"}
 
 
 def compose_config(overrides: list[str], run_dir: Path | None = None):
