@@ -37,6 +37,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from medr1.answers import PARSERS, follows_format, get_parser, reasoning_text
+from medr1.cache import write_file_atomically
 from medr1.calibration import add_option_probs, calibration_summary
 from medr1.data.records import LETTERS, VQARecord
 from medr1.rollout import Sampler, SamplingConfig
@@ -336,20 +337,24 @@ def write_eval_outputs(
     probe_rows: dict[str, list[dict]] | None = None,
 ) -> Path:
     """Write eval/predictions.jsonl and eval/summary.json under `out_dir`, and each probe's rows
-    (medr1.probes.run_probes) as eval/probes/<name>.jsonl; print the table."""
+    (medr1.probes.run_probes) as eval/probes/<name>.jsonl; print the table.
+
+    Crash-safe: each file is written under a temporary name and renamed when whole, and summary.json,
+    which readers (the report, eval.reuse) take as the mark of a complete evaluation, is removed first
+    and written last, so a run killed at any moment never leaves a summary beside other predictions.
+    """
     eval_dir = Path(out_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
+    (eval_dir / "summary.json").unlink(missing_ok=True)
     write_jsonl(eval_dir / "predictions.jsonl", [prediction.to_json() for prediction in predictions])
     for name, rows in (probe_rows or {}).items():
-        (eval_dir / "probes").mkdir(exist_ok=True)
         write_jsonl(eval_dir / "probes" / f"{name}.jsonl", rows)
-    (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_file_atomically(eval_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, title), flush=True)
     log.info("wrote %s", eval_dir)
     return eval_dir
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """One JSON object per line, written whole or not at all (medr1.cache.write_file_atomically)."""
+    write_file_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -22,6 +22,7 @@ from medr1.builders import (
     load_policy,
     run_dir_of,
 )
+from medr1.cache import write_atomically
 from medr1.evaluate import probes_of
 from medr1.grading import logged_metrics, write_eval_outputs
 from medr1.precision import autocast_for, check_trainable_precision
@@ -40,16 +41,25 @@ log = logging.getLogger(__name__)
 
 
 def save_final(module, run_dir: Path) -> Path:
-    """The trained policy as a plain HF folder (LoRA merged), loadable with model.path=<folder>."""
-    folder = run_dir / "checkpoints" / "final"
+    """The trained policy as a plain HF folder (LoRA merged), loadable with model.path=<folder>;
+    written under a temporary name and renamed when whole, so a killed run never leaves a `final/`
+    that looks complete."""
     model = module.model
     if hasattr(model, "merge_and_unload"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder)
-    module.processor.save_pretrained(folder)
-    return folder
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        module.processor.save_pretrained(folder)
+
+    return write_atomically(
+        run_dir / "checkpoints" / "final",
+        write,
+        complete=lambda folder: (folder / "config.json").exists(),
+        replace=True,
+    )
 
 
 def train(cfg: DictConfig) -> dict:
