@@ -14,6 +14,7 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import ParallelStrategy
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from medr1.data.batches import PromptBatch, load_image
 from medr1.data.image_files import image_format
+from medr1.errors import UserError
 from medr1.grading import grade
 from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
@@ -52,6 +54,7 @@ class GRPOSettings:
     advantage_eps: float
     loss_agg: str
     max_grad_norm: float  # 0: no clipping
+    max_nonfinite_updates: int = 3  # consecutive skipped (non-finite) steps that stop the run; 0: never
 
     @classmethod
     def from_config(cls, algo) -> GRPOSettings:
@@ -76,6 +79,8 @@ class GRPOSettings:
             advantage_eps=float(algo.advantage_eps),
             loss_agg=str(algo.loss_agg),
             max_grad_norm=float(algo.max_grad_norm or 0.0),
+            # an older config has no such key: keep the default
+            max_nonfinite_updates=int(getattr(algo, "max_nonfinite_updates", 3)),
         )
 
     @property
@@ -153,11 +158,85 @@ class GRPOModule(VQAModule):
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         rollout = self.rollout(batch)  # sample -> rewards -> advantages -> reference/old log-probs
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        stats = []
-        for _ in range(self.settings.num_iterations):
-            stats.append(self.update(batch, rollout, optimizer))  # one optimiser step over rollout.spans
-            scheduler.step()
-        self.log_step(batch, rollout, stats[0], optimizer)  # the first update's metrics
+        stats: list[dict] = []
+        fault = self._nonfinite_rollout(rollout)  # a NaN reward would reach every token's loss
+        if fault is None:
+            for _ in range(self.settings.num_iterations):
+                update_stats, fault = self.update(batch, rollout, optimizer)  # one optimiser step
+                stats.append(update_stats)
+                if fault is not None:  # the rollout's later updates would meet the same fault
+                    break
+                scheduler.step()
+        self._count_nonfinite(fault)
+        no_stats = {"kl": math.nan, "clip_fraction": math.nan, "entropy": math.nan}
+        self.log_step(batch, rollout, stats[0] if stats else no_stats, optimizer)  # the first update's
+        self._stop_after_nonfinite(fault)
+
+    # --- non-finite numbers: skip the update, stop after max_nonfinite_updates in a row ----------
+    # A skipped update applies nothing: no optimizer.step() (so neither the weights nor the optimiser's
+    # moments move) and no scheduler.step(); Lightning's global_step, which counts optimiser steps,
+    # does not advance either. Every rank takes the same decision, or DDP's ranks would diverge.
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        """True when `ok` holds on every rank (one all-reduce; the value itself on a single device)."""
+        if self._trainer is None:
+            return ok
+        return bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _nonfinite_rollout(self, rollout: Rollout) -> str | None:
+        """What is non-finite (NaN or infinite) in the rollout on any rank: "reward", "advantage" or None."""
+        rewards_ok = bool(torch.isfinite(rollout.total).all())
+        advantages_ok = bool(torch.isfinite(rollout.advantages).all())
+        if self._all_ranks_agree(rewards_ok and advantages_ok):
+            return None
+        return "advantage" if rewards_ok else "reward"  # "reward" also for another rank's reward
+
+    def _gradients_finite(self) -> bool:
+        """Whether every trainable parameter's gradient is finite (its norm too: a huge gradient whose
+        norm overflows would turn clipping into NaN)."""
+        norms = [
+            torch.linalg.vector_norm(p.grad.detach().float())
+            for p in self.parameters()
+            if p.requires_grad and p.grad is not None
+        ]
+        return not norms or bool(torch.isfinite(torch.stack(norms).norm()))
+
+    def _count_nonfinite(self, fault: str | None) -> None:
+        """Count and log a skipped step; a good step resets the run of consecutive ones."""
+        self.skipped_updates = getattr(self, "skipped_updates", 0) + (fault is not None)
+        self.nonfinite_in_a_row = 0 if fault is None else getattr(self, "nonfinite_in_a_row", 0) + 1
+        if fault is not None:
+            log.warning(
+                "step %d: non-finite %s; update skipped (%d in a row, %d in all)",
+                self.global_step,
+                fault,
+                self.nonfinite_in_a_row,
+                self.skipped_updates,
+            )
+        self.log("train/skipped_updates", float(self.skipped_updates), on_step=True, on_epoch=False)
+        self.log("train/nonfinite", float(fault is not None), on_step=True, on_epoch=False)
+
+    def _stop_after_nonfinite(self, fault: str | None) -> None:
+        """After max_nonfinite_updates skipped steps in a row: checkpoint the last good state (the
+        skipped steps left weights and optimiser untouched, so it is the current one) and stop."""
+        limit = self.settings.max_nonfinite_updates
+        if fault is None or limit <= 0 or self.nonfinite_in_a_row < limit:
+            return
+        path = self._checkpoint_dir() / "nonfinite-stop.ckpt"
+        self.trainer.save_checkpoint(path)  # every rank calls it: saving may be collective
+        raise UserError(
+            f"{self.nonfinite_in_a_row} updates in a row were non-finite (the last one at step "
+            f"{self.global_step}: a non-finite {fault}), so training stopped; the last good state is "
+            f"saved in {path}. Lower the learning rate (algo.optimizer.lr), check the reward function, "
+            f"or allow more skipped updates with algo.max_nonfinite_updates (0: never stop)"
+        )
+
+    def _checkpoint_dir(self) -> Path:
+        """Where the run's checkpoints go: ModelCheckpoint's folder, else <run dir>/checkpoints."""
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            return Path(callback.dirpath)
+        return Path(self.trainer.default_root_dir) / "checkpoints"
 
     @torch.no_grad()
     def rollout(self, batch: PromptBatch) -> Rollout:
@@ -225,9 +304,11 @@ class GRPOModule(VQAModule):
         with context:
             return self._logprobs(batch, rollout, span).logprobs
 
-    def update(self, batch: PromptBatch, rollout: Rollout, optimizer) -> dict:
-        """One optimiser step over all micro-batches; returns metrics averaged over them."""
+    def update(self, batch: PromptBatch, rollout: Rollout, optimizer) -> tuple[dict, str | None]:
+        """One optimiser step over all micro-batches; returns metrics averaged over them, and None, or
+        "loss"/"gradient" when that was non-finite and the step was skipped (nothing applied)."""
         settings, stats = self.settings, {"kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+        loss_ok = True
         optimizer.zero_grad(set_to_none=True)
         last = len(rollout.spans) - 1
         for index, span in enumerate(rollout.spans):
@@ -245,17 +326,24 @@ class GRPOModule(VQAModule):
                 loss_agg=settings.loss_agg,
                 max_completion_length=settings.max_completion_length,
             )
+            # a non-finite loss is still backpropagated: under DDP every rank must take part in the
+            # gradient all-reduce, and its NaN gradients are thrown away below
+            loss_ok = loss_ok and bool(torch.isfinite(output.loss.detach()))
             with self._gradient_sync(index == last):
                 self.manual_backward(output.loss * span.weight)
             stats["kl"] += span.weight * float(output.kl)
             stats["clip_fraction"] += span.weight * float(output.clip_fraction)
             stats["entropy"] += span.weight * float(masked_mean(scores.entropy, mask))
+        gradients_ok = self._gradients_finite()
+        if not self._all_ranks_agree(loss_ok and gradients_ok):
+            optimizer.zero_grad(set_to_none=True)
+            return stats, "gradient" if loss_ok else "loss"  # "gradient" also for another rank's loss
         if settings.max_grad_norm:
             self.clip_gradients(
                 optimizer, gradient_clip_val=settings.max_grad_norm, gradient_clip_algorithm="norm"
             )
         optimizer.step()
-        return stats
+        return stats, None
 
     def _gradient_sync(self, sync: bool):
         """All-reduce gradients on the update's last micro-batch only: the others accumulate locally,
