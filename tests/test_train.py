@@ -161,8 +161,8 @@ def test_reading_an_offline_run_waits_for_w_b_s_writer(tmp_path, monkeypatch, ca
     for step in range(200):
         run.log({"loss": float(step)})
     run.finish()
-    complete = run_file(tmp_path / "wandb").read_bytes()
     assert [row["loss"] for row in read_history(tmp_path / "wandb")] == [float(s) for s in range(200)]
+    complete = run_file(tmp_path / "wandb").read_bytes()  # read once the exit record is written
 
     partial = tmp_path / "partial" / "run-x.wandb"
     partial.parent.mkdir()
