@@ -26,7 +26,7 @@ from medr1.cache import json_hash
 from medr1.grading import evaluate_batches, format_summary, write_eval_outputs
 from medr1.models.checkpoints import resolve_model_path
 from medr1.precision import autocast_for
-from medr1.probes import check_probes, run_probes
+from medr1.probes import check_probes, run_probes, test_split_of
 from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,7 @@ def evaluate(cfg: DictConfig) -> dict:
             sampler=sampler,
             sampling=sampling,
             parser=parser,
-            records=datamodule.test_records,
-            collator=datamodule.eval_collator,
-            batch_size=datamodule.eval_batch_size,
-            num_workers=datamodule.num_workers,
+            **test_split_of(datamodule),
             predictions=predictions,
             summary=summary,
             calibration=calibration,

@@ -381,21 +381,10 @@ def answer_questions(cfg: DictConfig) -> list[Answer]:
     policy = load(cfg)
     device = device_of(cfg)
     policy.model.to(device)
-    collator = PromptCollator(
-        policy.processor,
-        prompt,
-        resize=cfg.data.get("resize"),
-        image=cfg.image,
-        max_pixels=cfg.model.max_pixels,
-    )
+    images = dict(resize=cfg.data.get("resize"), image=cfg.image, max_pixels=cfg.model.max_pixels)
+    collator = PromptCollator(policy.processor, prompt, **images)
     # a prompt over algo.max_prompt_length is refused before any batch is built, as in every mode
-    meter = PromptMeter(
-        policy.processor,
-        prompt,
-        resize=cfg.data.get("resize"),
-        image=cfg.image,
-        max_pixels=cfg.model.max_pixels,
-    )
+    meter = PromptMeter(policy.processor, prompt, **images)
     try:
         screen_prompts(records, meter, cfg.algo.get("max_prompt_length"), SkipCounter("raise"), "predict")
     except BadRecordError as error:

@@ -122,6 +122,16 @@ def letter_prior(predictions: list[Prediction]) -> dict:
 # --- running them ----------------------------------------------------------------------------------
 
 
+def test_split_of(datamodule) -> dict:
+    """run_probes' test-split arguments, as a VQADataModule evaluates its test split."""
+    return dict(
+        records=datamodule.test_records,
+        collator=datamodule.eval_collator,
+        batch_size=datamodule.eval_batch_size,
+        num_workers=datamodule.num_workers,
+    )
+
+
 def run_probes(
     names: Sequence[str],
     *,

@@ -15,7 +15,7 @@ import torch
 from medr1.answers import get_parser
 from medr1.distributed import gather_objects, gather_predictions, world_size
 from medr1.grading import EvalAccumulator, Prediction, evaluate_batches, grade
-from medr1.probes import check_probes, run_probes
+from medr1.probes import check_probes, run_probes, test_split_of
 from medr1.rollout import Sampler, greedy
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ class VQAModule(L.LightningModule):
             sampler=self.sampler,
             sampling=greedy(self.eval_max_new_tokens),
             parser=self.eval_parser,
-            records=datamodule.test_records,
-            collator=datamodule.eval_collator,
-            batch_size=datamodule.eval_batch_size,
-            num_workers=datamodule.num_workers,
+            **test_split_of(datamodule),
             predictions=predictions,
             summary=summary,
             calibration=self.eval_calibration,
