@@ -28,8 +28,9 @@ test-all:  ## every test
 demo:  ## the offline GRPO demo (same as `python run.py`)
 	$(PYTHON) run.py
 
-bench:  ## speed benchmarks: shared-prompt rollout/training vs repeated prompts, as ratios
-	$(PYTHON) -m medr1.bench
+bench:  ## medr1 vs TRL GRPOTrainer, same settings, side by side (SWEEP=1: also G x image size; JSON=path)
+	@$(PYTHON) -c "import trl" 2>/dev/null || $(PYTHON) -m pip install -c requirements.lock -e ".[bench]"
+	$(PYTHON) -m medr1.bench $(if $(SWEEP),--sweep) $(if $(JSON),--json $(JSON))
 
 lint:  ## ruff check and ruff format --check (CI runs it)
 	$(PYTHON) -m ruff check medr1 tests scripts run.py

@@ -7,6 +7,10 @@ A wrong input (a config typo, a missing data folder, a bad record) stops the run
 import hydra
 from omegaconf import DictConfig
 
+from medr1.resolvers import register
+
+register()  # ${count:...} and any other resolver conf/ uses, before Hydra composes the config
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:

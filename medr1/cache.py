@@ -49,15 +49,19 @@ def write_atomically(
     return target
 
 
-def write_file_atomically(target: Path, text: str) -> Path:
-    """Write `text` (UTF-8) to a temporary file next to `target`, then rename it to `target`: a reader
+def write_file_atomically(target: Path, text: str | bytes) -> Path:
+    """Write `text` (str as UTF-8, or bytes) to a temporary file next to `target`, then rename it to `target`: a reader
     sees the old file or the whole new one, never a half-written one, and the temporary file never stays
     behind. The file gets the usual permissions (the umask's), not a temporary file's 0600."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
+        if isinstance(text, bytes):
+            with open(tmp, "xb") as handle:
+                handle.write(text)
+        else:
+            with open(tmp, "x", encoding="utf-8") as handle:
+                handle.write(text)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

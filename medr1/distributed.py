@@ -1,5 +1,6 @@
-"""Helpers for multi-process runs: gathering Python objects from every rank, and the layer classes
-FSDP wraps one by one. Outside a distributed run every helper acts as the single rank it is."""
+"""Helpers for multi-process runs: the device a config runs on, gathering Python objects from every
+rank, and the layer classes FSDP wraps one by one. Outside a distributed run every helper acts as the
+single rank it is."""
 
 from __future__ import annotations
 
@@ -24,6 +25,25 @@ WRAPPED_LAYERS = [
     ("transformers.models.qwen2.modeling_qwen2", ("Qwen2DecoderLayer",)),
     ("transformers.models.mistral.modeling_mistral", ("MistralDecoderLayer",)),
 ]
+
+
+def device_of(trainer_cfg) -> str:
+    """The device evaluation, prediction and mode=check use for `trainer.accelerator`, as the Trainer
+    would: cuda for gpu/cuda (an error naming the fix when there is none), the CPU for cpu, and for
+    auto (or unset) a GPU when there is one."""
+    from medr1.errors import ConfigError
+
+    accelerator = str(trainer_cfg.get("accelerator") or "auto")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but this machine has no usable CUDA GPU (torch sees none): "
+                "run with trainer=cpu, or on a machine with a GPU and a CUDA build of torch"
+            )
+        return "cuda"
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 def decoder_layer_classes() -> set[type]:

@@ -97,6 +97,9 @@ def user_message(error: BaseException) -> str | None:
 
     if isinstance(error, UserError):
         return one_line(str(error))
+    inner = error.__cause__ or error.__context__
+    if isinstance(error, InterpolationResolutionError) and isinstance(inner, UserError):
+        return user_message(inner)  # raised inside a config resolver (medr1.resolvers)
     if isinstance(error, InstantiationException):  # Hydra wraps what a constructor raised
         return user_message(error.__cause__) if error.__cause__ is not None else None
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:

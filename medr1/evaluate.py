@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from medr1.answers import get_parser
 from medr1.builders import build_datamodule, load_policy, run_dir_of
 from medr1.cache import json_hash
+from medr1.distributed import device_of
 from medr1.grading import evaluate_batches, format_summary, write_eval_outputs
 from medr1.models.checkpoints import resolve_model_path
 from medr1.precision import autocast_for
@@ -48,11 +49,6 @@ def probes_of(cfg: DictConfig) -> list[str]:
 def calibration_of(cfg: DictConfig) -> bool:
     """eval.calibration; off for configs saved before the key existed."""
     return bool(cfg.eval.get("calibration", False))
-
-
-def device_of(cfg: DictConfig) -> str:
-    """The device the Trainer would run on: cuda for trainer.accelerator gpu/cuda, else the CPU."""
-    return "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
 
 
 def evaluation_key(cfg: DictConfig, model_path: str) -> str:
@@ -86,8 +82,9 @@ def evaluation_key(cfg: DictConfig, model_path: str) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate cfg.model on the whole test split, answers read by eval.parser; writes <run dir>/eval/
     and returns the summary."""
-    parser = parser_of(cfg)  # an unknown parser or probe fails before the model loads
+    parser = parser_of(cfg)  # an unknown parser or probe, or a missing GPU, fails before the model loads
     probes, calibration = probes_of(cfg), calibration_of(cfg)
+    device = device_of(cfg.trainer)
     L.seed_everything(int(cfg.seed))
     run_dir = run_dir_of(cfg)
     stored = None
@@ -107,7 +104,6 @@ def evaluate(cfg: DictConfig) -> dict:
             return summary
 
     policy = load_policy(cfg, train=False)
-    device = device_of(cfg)
     policy.model.to(device)
     datamodule = build_datamodule(cfg, policy.processor)
     datamodule.setup("test")

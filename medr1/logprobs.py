@@ -17,24 +17,49 @@ import torch.nn.functional as F
 from medr1.data.batches import PromptBatch
 from medr1.models.families import family_of, unwrap
 
+ROWS_ELEMENTS = 1 << 22  # log-softmax over at most this many logits at once (16 MB in float32)
+
+
+def rows_per_chunk(logits: torch.Tensor) -> int:
+    """How many rows of `logits` [N, T, V] one log-softmax takes: as many as fit ROWS_ELEMENTS (at
+    least one), so a small model's rows go in one call and a large vocabulary's one at a time."""
+    per_row = max(1, logits.shape[1] * logits.shape[2])
+    return max(1, ROWS_ELEMENTS // per_row)
+
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log p(token) under `logits` [N, T, V] for token ids [N, T], row by row to bound memory."""
-    rows = []
-    for row_logits, row_ids in zip(logits, token_ids, strict=True):
-        log_probs = row_logits.float().log_softmax(-1)
-        rows.append(log_probs.gather(-1, row_ids[:, None]).squeeze(-1))
-    return torch.stack(rows)
+    """log p(token) under `logits` [N, T, V] for token ids [N, T], in row chunks to bound memory."""
+    return token_scores(logits, token_ids, with_entropy=False)[0]
 
 
 @torch.no_grad()
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy [N, T] of the next-token distributions (for logging)."""
-    rows = []
-    for row in logits:
-        log_probs = row.float().log_softmax(-1)
-        rows.append(-(log_probs.exp() * log_probs).sum(-1))
-    return torch.stack(rows)
+    chunks = []
+    for rows in torch.split(logits, rows_per_chunk(logits)):
+        log_probs = rows.float().log_softmax(-1)
+        chunks.append(-(log_probs.exp() * log_probs).sum(-1))
+    return torch.cat(chunks)
+
+
+def token_scores(
+    logits: torch.Tensor, token_ids: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log p(token) [N, T], entropy [N, T] or None) from one log-softmax per row chunk.
+
+    The entropy (no grad) reads the same log-softmax the log-probs gather from, instead of a second
+    pass over the logits; the log-softmax is taken over the last axis, row by row whatever the chunk,
+    so the values are those of one row at a time."""
+    logprobs, entropies = [], []
+    step = rows_per_chunk(logits)
+    for rows, ids in zip(torch.split(logits, step), torch.split(token_ids, step), strict=True):
+        log_probs = rows.float().log_softmax(-1)  # [n, T, V]
+        logprobs.append(log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+        if with_entropy:
+            with torch.no_grad():
+                detached = log_probs.detach()
+                entropies.append(-(detached.exp() * detached).sum(-1))
+    return torch.cat(logprobs), torch.cat(entropies) if with_entropy else None
 
 
 # --- prompts and their images ----------------------------------------------------------------
@@ -117,10 +142,8 @@ def completion_logprobs(
     else:
         repeated = repeat_prompts(prompt_inputs, num_generations, images_per_prompt)
         logits = _logits_full_sequence(model, repeated, completion_ids, completion_mask)
-    return CompletionScores(
-        logprobs=token_logprobs(logits, completion_ids),
-        entropy=token_entropy(logits) if with_entropy else None,
-    )
+    logprobs, entropy = token_scores(logits, completion_ids, with_entropy)
+    return CompletionScores(logprobs=logprobs, entropy=entropy)
 
 
 def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations):

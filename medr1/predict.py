@@ -45,7 +45,8 @@ from medr1.data.batches import PromptBatch, PromptCollator
 from medr1.data.lengths import PromptMeter, screen_prompts
 from medr1.data.prompts import PromptFormat
 from medr1.data.records import LETTERS, BadRecordError, ImageChecker, SkipCounter, VQARecord, clean_text
-from medr1.evaluate import device_of, parser_of
+from medr1.distributed import device_of
+from medr1.evaluate import parser_of
 from medr1.precision import autocast_for
 from medr1.rollout import Sampler, SamplingConfig, greedy
 
@@ -377,9 +378,9 @@ def answer_questions(cfg: DictConfig) -> list[Answer]:
     sampling = sampling_of(cfg)
     output = output_path(cfg) if settings.get("input") or settings.get("output") else None
 
+    device = device_of(cfg.trainer)  # a missing GPU fails before the model loads
     L.seed_everything(int(cfg.seed))
     policy = load(cfg)
-    device = device_of(cfg)
     policy.model.to(device)
     images = dict(resize=cfg.data.get("resize"), image=cfg.image, max_pixels=cfg.model.max_pixels)
     collator = PromptCollator(policy.processor, prompt, **images)

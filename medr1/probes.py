@@ -158,6 +158,8 @@ def run_probes(
     names = check_probes(names)
     if not names:
         return {}, summary
+    answered = {p.id for p in predictions}
+    records = [r for r in records if r.id in answered]  # a record skipped as bad in the evaluation too
     if [p.id for p in predictions] != [r.id for r in records]:
         raise ValueError("the probes need the main evaluation's predictions of `records`, in their order")
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 
@@ -128,10 +130,25 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+# Keys added to the config after medr1 began storing it in checkpoints. An older checkpoint's config lacks
+# them; it matches when the current config trains as the code that wrote it did (the feature off).
+ADDED_KEYS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "algo.dynamic_sampling": lambda current: current.get("algo.dynamic_sampling") is False,
+    "algo.max_resample": lambda current: not current.get("algo.dynamic_sampling"),
+}
+
+
 def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """The keys whose value differs, or that exist on one side only, sorted."""
+    """The keys whose value differs, or that exist on one side only (a key added since the checkpoint
+    was written and left as the older code behaved is not a difference: ADDED_KEYS), sorted."""
     missing = object()
-    return sorted(k for k in set(stored) | set(current) if stored.get(k, missing) != current.get(k, missing))
+
+    def same(key: str) -> bool:
+        if key not in stored and key in current and key in ADDED_KEYS:
+            return ADDED_KEYS[key](current)
+        return stored.get(key, missing) == current.get(key, missing)
+
+    return sorted(k for k in set(stored) | set(current) if not same(k))
 
 
 def describe_differences(keys: list[str], stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -222,6 +239,18 @@ def writes_plain_state_dict(strategy) -> bool:
     return isinstance(strategy, SingleDeviceStrategy | DDPStrategy) and not isinstance(
         strategy, DeepSpeedStrategy
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's single-file checkpoint writer, writing each checkpoint to `<name>.partial` and renaming it
+    when whole: a run killed while saving leaves the previous `last.ckpt`, never a truncated one that a
+    resume would trip over. (FSDP and DeepSpeed write folders with their own writers.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
 
 
 class CheckpointExtras(Callback):

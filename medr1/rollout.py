@@ -8,6 +8,13 @@ prompt G times instead). Any other model family (medr1.models.families) takes th
 each prompt repeated G times and sampled by `generate()` with the same settings, stop and banned
 tokens. Departure from Med-R1's trainer (TRL 0.14): the vision/grounding special tokens cannot be
 sampled.
+
+Decoding stops as soon as every sequence has emitted a stop token, so the completions are only as
+wide as the longest one. The KV cache of the shared-prompt path is allocated once for the prompt plus
+`max_new_tokens` (`preallocate_cache`): each step writes its token's keys and values in place, where
+the default cache concatenates (copies) the whole cache of all B*G rows at every token. The keys
+and values the attention reads are the same numbers either way, so the sampled tokens are identical
+(tests/test_speed.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from medr1.data.batches import PromptBatch
 from medr1.logprobs import repeat_prompts
@@ -59,7 +67,8 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, banned_ids: torch.T
         logits[:, banned_ids] = float("-inf")
     if not cfg.do_sample:
         return logits
-    logits = logits / max(cfg.temperature, 1e-6)
+    if cfg.temperature != 1.0:  # x / 1.0 == x exactly: skip a pass over [N, V]
+        logits = logits / max(cfg.temperature, 1e-6)
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -78,6 +87,54 @@ def next_tokens(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits.argmax(-1)
 
 
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers with room for `extra` more tokens.
+
+    `update` writes the new tokens into the buffers and returns views of the filled part: the same
+    values a DynamicLayer returns, without copying the whole cache at every decoding step.
+    """
+
+    def __init__(self, layer: DynamicLayer, extra: int):
+        super().__init__()
+        rows, heads, length, key_dim = layer.keys.shape
+        self.device = layer.keys.device
+        self.key_buffer = layer.keys.new_empty(rows, heads, length + extra, key_dim)
+        self.value_buffer = layer.values.new_empty(rows, heads, length + extra, layer.values.shape[-1])
+        self.key_buffer[:, :, :length] = layer.keys
+        self.value_buffer[:, :, :length] = layer.values
+        self.length = length
+        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeError(
+                f"preallocated KV cache holds {self.key_buffer.shape[-2]} tokens, asked for {end}"
+            )
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def preallocate(cache, extra: int) -> bool:
+    """Give every layer of a filled `cache` room for `extra` more tokens, in place; True if done.
+
+    Only a cache made of plain DynamicLayers is converted (a sliding-window or quantised layer keeps
+    its own update rule)."""
+    layers = getattr(cache, "layers", None)
+    if (
+        extra < 1
+        or not layers
+        or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers)
+    ):
+        return False
+    cache.layers = [PreallocatedLayer(layer, extra) for layer in layers]
+    return True
+
+
 @torch.no_grad()
 def sample_completions(
     model,
@@ -89,12 +146,15 @@ def sample_completions(
     pad_id: int,
     banned_ids: list[int] | None = None,
     images_per_prompt: torch.Tensor | None = None,
+    preallocate_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions per prompt; returns ids and mask, both [B*G, T].
 
     Completions of prompt b sit at rows b*G .. b*G+G-1. A completion ends with (and includes) its
-    first stop token; positions after it hold `pad_id` and mask 0. `images_per_prompt` [B] (default
-    one each) tells the generic path which images belong to which prompt.
+    first stop token; positions after it hold `pad_id` and mask 0. T is the longest completion's
+    length: decoding stops when every row has stopped. `images_per_prompt` [B] (default one each)
+    tells the generic path which images belong to which prompt; `preallocate_cache=False` keeps the
+    model's growing cache (same tokens, slower; for the tests that check exactly that).
     """
     family = family_of(model)
     if not family.shared_prompt:
@@ -117,6 +177,8 @@ def sample_completions(
         cache.batch_repeat_interleave(num_generations)
         logits = logits.repeat_interleave(num_generations, 0)
         next_position = next_position.repeat_interleave(num_generations, 0)
+    if preallocate_cache:
+        preallocate(cache, cfg.max_new_tokens - 1)  # the last sampled token is never fed back
     attention_mask = prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
     n = attention_mask.shape[0]
     banned = torch.tensor(banned_ids or [], dtype=torch.long, device=device)

@@ -23,10 +23,12 @@ from medr1.builders import (
     run_dir_of,
 )
 from medr1.cache import write_atomically
+from medr1.cluster import SaveOnPreemption, resume_mode
 from medr1.evaluate import probes_of
 from medr1.grading import logged_metrics, write_eval_outputs
 from medr1.precision import autocast_for, check_trainable_precision
 from medr1.resume import (
+    AtomicCheckpointIO,
     CheckpointError,
     CheckpointExtras,
     check_restorable,
@@ -92,12 +94,15 @@ def train(cfg: DictConfig) -> dict:
             mode="max",
         ),
         CheckpointExtras(training_config(cfg)),  # the run's config; adapters-only for LoRA
+        SaveOnPreemption(run_dir / "checkpoints"),  # under submitit: checkpoint, then requeue
     ]
     loggers = build_loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+    if writes_plain_state_dict(trainer.strategy):
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-save leaves the previous file
     if writes_plain_state_dict(trainer.strategy) and frozen_parameters(module):
         # its checkpoints leave the frozen weights out (CheckpointExtras), so loading one, ours or a SLURM
         # requeue's, must not ask for them; CheckpointExtras checks what a loaded checkpoint left out
@@ -211,8 +216,9 @@ def checkpoints_kept(checkpoint_cfg: DictConfig) -> int:
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    """checkpoint.resume: null (fresh), "last" (this run dir's last.ckpt, if any) or a .ckpt path."""
-    resume = cfg.checkpoint.get("resume")
+    """checkpoint.resume: null (fresh), "last" (this run dir's last.ckpt, if any) or a .ckpt path. Under a
+    submitit launcher null means "last": a requeued job goes on from its checkpoint (medr1.cluster)."""
+    resume = resume_mode(cfg.checkpoint.get("resume"))
     if not resume:
         return None
     if resume == "last":

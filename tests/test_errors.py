@@ -236,3 +236,22 @@ def test_a_bad_record_raised_in_a_dataloader_worker_keeps_its_one_line():
     assert "\n" not in str(error) and user_message(error) == str(error)
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error) and copy.record_id == error.record_id
+
+
+@pytest.mark.parametrize("mode", ["eval", "predict"])
+def test_a_gpu_trainer_on_a_machine_without_one_is_one_line_before_the_model_loads(mode, tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    extra = []
+    if mode == "predict":
+        from PIL import Image
+
+        Image.new("RGB", (56, 56)).save(tmp_path / "x.png")
+        extra = [f"predict.image={tmp_path / 'x.png'}", "predict.question=q", "predict.options=[a,b]"]
+    result = run_py(f"mode={mode}", "trainer=gpu", f"hydra.run.dir={tmp_path}", *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.accelerator=gpu but this machine has no usable CUDA GPU (torch sees none): run with "
+        "trainer=cpu, or on a machine with a GPU and a CUDA build of torch"
+    ]
+    assert "loading model" not in result.stdout + result.stderr

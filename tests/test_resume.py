@@ -113,6 +113,16 @@ def test_resume_refuses_a_changed_training_config(straight, tmp_path, caplog):
         check_same_training(stored, compose_config(changed + ["checkpoint.force_resume=true"]), checkpoint)
     assert "algo.optimizer.lr" in caplog.text
 
+    # a checkpoint from before algo.dynamic_sampling existed resumes with it off, not with it on
+    older = stored | {
+        "medr1_config": {
+            k: v for k, v in stored["medr1_config"].items() if "resample" not in k and "dynamic" not in k
+        }
+    }
+    check_same_training(older, compose_config(COMMON), checkpoint)
+    with pytest.raises(ValueError, match=r"algo.dynamic_sampling \(checkpoint: unset, now: True\)"):
+        check_same_training(older, compose_config(COMMON + ["algo.dynamic_sampling=true"]), checkpoint)
+
 
 def test_resume_refuses_a_checkpoint_holding_a_pickled_object(straight, tmp_path):
     """Loaded with weights_only: the object's code never runs, and the run stops with one line."""

@@ -43,13 +43,13 @@ from medr1.check.report import format_report, format_timing, gib
 from medr1.check.settings import (
     attention_of,
     counts_of,
-    device_of,
     memory_budget,
     meta_policy,
     model_config,
     precision_of,
     shares_prompts,
     strategy_of,
+    target_device,
     world_size_of,
 )
 from medr1.check.timing import time_training, training_batches
@@ -99,7 +99,7 @@ def check(cfg: DictConfig) -> dict:
     failures += length_failures
 
     # --- memory ------------------------------------------------------------------------------------
-    device, world = device_of(cfg.trainer), world_size_of(cfg.trainer)
+    device, world = target_device(cfg.trainer), world_size_of(cfg.trainer)
     strategy = strategy_of(cfg.trainer, world)
     precision = precision_of(cfg.model, cfg.trainer.precision, device)
     step = step_sizes(cfg, train, test, sft, shared_family, device=device, world=world, strategy=strategy)

@@ -126,8 +126,9 @@ def count_records(records: list[VQARecord]) -> dict:
 
 
 def measuring_collator(collator, *, with_targets: bool = False):
-    """The datamodule's collator, its length limit lifted (every prompt is measured)."""
-    measuring = copy.copy(collator)
+    """The datamodule's collator (unwrapped from SkipBadImages: mode=check reports every bad record), its
+    length limit lifted (every prompt is measured)."""
+    measuring = copy.copy(getattr(collator, "collator", collator))
     measuring.max_prompt_length = None
     measuring.with_targets = with_targets
     return measuring

@@ -53,7 +53,9 @@ def shares_prompts(model) -> bool:
     return bool(family_of(model).shared_prompt)
 
 
-def device_of(trainer_cfg: DictConfig) -> str:
+def target_device(trainer_cfg: DictConfig) -> str:
+    """The device the config trains on, whether or not this machine has it: mode=check plans a GPU run
+    on a laptop (medr1.distributed.device_of, for running, refuses a missing GPU)."""
     accelerator = str(trainer_cfg.get("accelerator") or "auto")
     if accelerator in ("gpu", "cuda"):
         return "cuda"
@@ -69,7 +71,7 @@ def world_size_of(trainer_cfg: DictConfig) -> int:
         count = devices
     elif isinstance(devices, str) and devices.isdigit():
         count = int(devices)
-    elif device_of(trainer_cfg) == "cuda" and torch.cuda.is_available():
+    elif target_device(trainer_cfg) == "cuda" and torch.cuda.is_available():
         count = torch.cuda.device_count()  # "auto" / -1: every visible GPU
     else:
         count = 1 if not hasattr(devices, "__len__") or isinstance(devices, str) else len(devices)
@@ -114,7 +116,7 @@ def memory_budget(check_cfg: DictConfig, trainer_cfg: DictConfig) -> tuple[int |
     training on CUDA, else the machine's RAM; None when the GPU is not on this machine."""
     if check_cfg.get("memory_gb") is not None:
         return int(float(check_cfg.memory_gb) * GIB), f"check.memory_gb={check_cfg.memory_gb}"
-    if device_of(trainer_cfg) == "cuda":
+    if target_device(trainer_cfg) == "cuda":
         if not torch.cuda.is_available():
             return None, "no GPU on this machine: set check.memory_gb to the training GPU's memory (GiB)"
         properties = torch.cuda.get_device_properties(0)

@@ -18,6 +18,17 @@ holds a model control token, is a bad record under `data.on_bad_record`: skipped
 stops naming the record (the longest over the limit), its length, the limit and the fix. Records are
 screened before the caps and subsets (max_train_samples, max_test_per_modality, val_size), which then
 draw from usable records only.
+
+Images are decoded when their batch is built. Under `on_bad_record=skip`, a record whose image fails
+then (its header read when the data was, its pixels do not: a truncated file) is dropped from its batch,
+logged and counted, and left out of every later batch (`SkipBadImages`); under `raise` the run stops
+naming it. A batch with no readable record left stops the run, naming them.
+
+Dynamic sampling (`algo.dynamic_sampling`, medr1.rl.module) asks for prompts beyond the loader's:
+`draw_train_prompts` picks them at random from the training records with a generator seeded from
+(data seed, training batch, round, rank) alone, so a resumed run draws exactly what the interrupted
+run would have and no draw state needs checkpointing, and `collate_train` rebuilds a batch from
+chosen records; both use the training collator, so these batches are exactly like the loader's.
 """
 
 from __future__ import annotations
@@ -26,21 +37,62 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from medr1.data.batches import PromptCollator
+from medr1.data.batches import PromptBatch, PromptCollator
 from medr1.data.images import ImageSettings
 from medr1.data.lengths import PromptMeter, screen_prompts
 from medr1.data.names import MODALITIES, QUESTION_TYPES
 from medr1.data.prompts import PromptFormat
-from medr1.data.records import SkipCounter, Splits, VQARecord
+from medr1.data.records import BadRecordError, SkipCounter, Splits, VQARecord
 from medr1.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class SkipBadImages:
+    """A collator that, under data.on_bad_record=skip, drops from the batch a record whose image cannot
+    be decoded now (module docstring), and every later time it comes; under raise, the collator itself.
+    Attributes other than the call are the wrapped collator's (its settings, `with_blank_images`)."""
+
+    def __init__(self, collator: PromptCollator, on_bad_record: str, bad: set[str] | None = None):
+        self.collator, self.on_bad_record = collator, on_bad_record
+        self.bad = set() if bad is None else bad  # ids dropped so far (in this process)
+
+    def __call__(self, records: list[VQARecord]) -> PromptBatch:
+        kept = [record for record in records if record.id not in self.bad]
+        while kept:
+            try:
+                return self.collator(kept)
+            except BadRecordError as error:
+                if self.on_bad_record != "skip" or error.record_id not in {r.id for r in kept}:
+                    raise
+                self.bad.add(error.record_id)
+                log.warning(
+                    "%s: record %r skipped when its batch was built (data.on_bad_record=skip; %d so far): %s",
+                    error.source,
+                    error.record_id,
+                    len(self.bad),
+                    error.problem,
+                )
+                kept = [record for record in kept if record.id != error.record_id]
+        raise ConfigError(
+            f"no record of a batch of {len(records)} is usable ({', '.join(r.id for r in records[:5])}): their "
+            "images cannot be decoded; fix or remove these files"
+        )
+
+    def with_blank_images(self) -> SkipBadImages:
+        return SkipBadImages(self.collator.with_blank_images(), self.on_bad_record, self.bad)
+
+    def __getattr__(self, name: str):  # only called for names the wrapper lacks
+        if name == "collator":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.collator, name)
 
 
 def select_training(records: list[VQARecord], modality: str, question_type: str) -> list[VQARecord]:
@@ -170,14 +222,19 @@ class VQADataModule(L.LightningDataModule):
         self.prompt = PromptFormat.from_config(prompt)
         self.eval_prompt = self.prompt.with_template(eval_prompt)
         images = dict(resize=resize, image=ImageSettings.from_config(image), max_pixels=max_pixels)
-        self.train_collator = PromptCollator(
-            processor,
-            self.prompt,
-            with_targets=with_targets,
-            max_prompt_length=max_prompt_length,
-            **images,
+        self.train_collator = SkipBadImages(
+            PromptCollator(
+                processor,
+                self.prompt,
+                with_targets=with_targets,
+                max_prompt_length=max_prompt_length,
+                **images,
+            ),
+            self.on_bad_record,
         )
-        self.eval_collator = PromptCollator(processor, self.eval_prompt, with_targets=False, **images)
+        self.eval_collator = SkipBadImages(
+            PromptCollator(processor, self.eval_prompt, with_targets=False, **images), self.on_bad_record
+        )
         self.train_meter = PromptMeter(processor, self.prompt, **images)
         self.eval_meter = PromptMeter(processor, self.eval_prompt, **images)
         self.splits: Splits | None = None
@@ -253,6 +310,30 @@ class VQADataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
+
+    def collate_train(self, records: list[VQARecord]) -> PromptBatch:
+        """A training batch of `records`, built as the training loader builds one."""
+        return self.train_collator(records)
+
+    def draw_train_prompts(
+        self, size: int, *, batch: int, round_: int, exclude: Collection[str] = ()
+    ) -> PromptBatch:
+        """Up to `size` distinct training prompts at random, for dynamic sampling's `round_`-th extra
+        round (from 1) of training batch `batch` (counted over the whole run, skipped steps included).
+
+        The choice depends on (data seed, batch, round_, this rank, exclude) only: a resumed run draws
+        the same prompts as the uninterrupted one without any saved state, and DDP ranks draw
+        different ones (each its own stream; two ranks may still pick the same record). Records whose
+        id is in `exclude` (already sampled in this step) are left out while enough others remain."""
+        if size < 1 or not self.train_records:
+            raise ValueError(f"cannot draw {size} training prompts from {len(self.train_records)} records")
+        trainer = getattr(self, "trainer", None)
+        rank = trainer.global_rank if trainer is not None else 0
+        fresh = [index for index, r in enumerate(self.train_records) if r.id not in exclude]
+        pool = fresh if len(fresh) >= size else list(range(len(self.train_records)))
+        generator = np.random.default_rng([self.seed, batch, round_, rank])  # a SeedSequence of the four
+        chosen = generator.choice(len(pool), size=min(size, len(pool)), replace=False)
+        return self.collate_train([self.train_records[pool[i]] for i in chosen])
 
     def _training_position(self) -> tuple[int, int]:
         """(epoch, batches already trained on in it): nonzero only when resuming mid-epoch."""

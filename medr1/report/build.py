@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medr1.cache import write_file_atomically
 from medr1.report.cells import build_cells, write_cells
 from medr1.report.comparison import build_comparison
 from medr1.report.heatmap import plot_heatmap
@@ -94,7 +95,7 @@ def _write_table(table: Table, out_dir: Path, paths: dict[str, Path], appendix: 
     """Write <name>.md (the table, then `appendix`) and <name>.csv; return the Markdown."""
     markdown = to_markdown(table) + (f"\n{appendix}" if appendix else "")
     md_path = out_dir / f"{table.name}.md"
-    md_path.write_text(markdown)
+    write_file_atomically(md_path, markdown)
     paths[md_path.name] = md_path
     csv_path = write_csv(table, out_dir / f"{table.name}.csv")
     paths[csv_path.name] = csv_path

@@ -15,12 +15,11 @@ predictions has its summary's numbers (n only for `all`), blank intervals and th
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from medr1.report.intervals import Estimator
 from medr1.report.runs import Run
-from medr1.report.tables import MODALITY_AXIS, QUESTION_TYPE_AXIS
+from medr1.report.tables import MODALITY_AXIS, QUESTION_TYPE_AXIS, write_csv_rows
 
 CELL_COLUMNS = [
     "run_dir",
@@ -98,9 +97,5 @@ def build_cells(runs: list[Run], estimator: Estimator) -> list[dict]:
 
 
 def write_cells(cells: list[dict], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CELL_COLUMNS)
-        for cell in cells:
-            writer.writerow(["" if cell[column] is None else cell[column] for column in CELL_COLUMNS])
-    return path
+    rows = [["" if cell[column] is None else cell[column] for column in CELL_COLUMNS] for cell in cells]
+    return write_csv_rows(path, CELL_COLUMNS, rows)

@@ -6,6 +6,7 @@ diagonal of a cross-modality sweep) are outlined; missing cells are grey with an
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from medr1.cache import write_file_atomically
 from medr1.report.tables import MISSING_MD, Table
 
 CMAP = "viridis"
@@ -91,5 +93,6 @@ def plot_heatmap(table: Table, path: Path, title: str) -> Path:
     fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.046, pad=0.03)
     ax.set_title(title + "\n(outlined: in-domain)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    image_bytes = io.BytesIO()
+    fig.savefig(image_bytes, format="png")
+    return write_file_atomically(path, image_bytes.getvalue())

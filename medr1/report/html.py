@@ -30,12 +30,12 @@ The examples section is medr1.report.examples; the markup of shown values is med
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import matplotlib
 
+from medr1.cache import write_file_atomically
 from medr1.data.names import MODALITY_DISPLAY
 from medr1.report.examples import examples_section
 from medr1.report.heatmap import CMAP
@@ -451,10 +451,4 @@ def write_html(result, path: Path, examples_per_modality: int = 3) -> Path:
         f"<title>{text(result.experiment)}: report</title><style>{CSS}</style></head>"
         f"<body>{''.join(body)}</body></html>\n"
     )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_file_atomically(path, page)

@@ -17,12 +17,14 @@ and `<column>_sd` where some row averages seeds.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 
+from medr1.cache import write_file_atomically
 from medr1.data.names import (
     MODALITIES,
     MODALITY_DISPLAY,
@@ -488,9 +490,13 @@ def csv_table(table: Table) -> tuple[list[str], list[list]]:
 def write_csv(table: Table, path: Path) -> Path:
     """The table as csv_table gives it; missing cells empty."""
     header, rows = csv_table(table)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow(["" if value is None else value for value in row])
-    return path
+    return write_csv_rows(path, header, [["" if value is None else value for value in row] for row in rows])
+
+
+def write_csv_rows(path: Path, header: list, rows: list[list]) -> Path:
+    """A CSV file written whole or not at all (medr1.cache.write_file_atomically)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_file_atomically(path, buffer.getvalue())

@@ -5,6 +5,8 @@ group-normalised advantages -> `num_iterations` policy updates, each looping ove
 prompts with `manual_backward`. Differences from Med-R1's trainer (TRL 0.14) that are deliberate:
 each prompt's images are encoded and prefilled once for its G completions (rollout and training);
 vision special tokens cannot be sampled; the LoRA reference is the adapter-disabled policy.
+With `algo.dynamic_sampling` (DAPO) a step drops the groups whose rewards are all equal and samples
+fresh prompts in their place before the update (medr1.rl.dynamic_sampling).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from medr1.errors import UserError
 from medr1.grading import grade
 from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
+from medr1.rl.dynamic_sampling import SampledGroups, draw_size, gather_kept, groups_with_signal
 from medr1.rl.loss import grpo_loss, masked_mean
 from medr1.rl.rewards import RewardOutput
 from medr1.rl.telemetry import stratum_metrics
@@ -55,6 +58,8 @@ class GRPOSettings:
     loss_agg: str
     max_grad_norm: float  # 0: no clipping
     max_nonfinite_updates: int = 3  # consecutive skipped (non-finite) steps that stop the run; 0: never
+    dynamic_sampling: bool = False  # DAPO: replace zero-variance groups by freshly sampled prompts
+    max_resample: int = 3  # extra sampling rounds per step, at most
 
     @classmethod
     def from_config(cls, algo) -> GRPOSettings:
@@ -62,6 +67,10 @@ class GRPOSettings:
             raise ValueError(
                 f"algo.num_iterations={algo.num_iterations} must be >= 1 and algo.num_generations="
                 f"{algo.num_generations} >= 2 (group advantages need at least two completions per prompt)"
+            )
+        if int(getattr(algo, "max_resample", 0)) < 0:
+            raise ValueError(
+                f"algo.max_resample={algo.max_resample} must be >= 0 (extra sampling rounds per step)"
             )
         return cls(
             num_generations=int(algo.num_generations),
@@ -81,6 +90,8 @@ class GRPOSettings:
             max_grad_norm=float(algo.max_grad_norm or 0.0),
             # an older config has no such key: keep the default
             max_nonfinite_updates=int(getattr(algo, "max_nonfinite_updates", 3)),
+            dynamic_sampling=bool(getattr(algo, "dynamic_sampling", False)),
+            max_resample=int(getattr(algo, "max_resample", 3)),
         )
 
     @property
@@ -156,11 +167,16 @@ class GRPOModule(VQAModule):
     # --- one rollout, then the policy updates ----------------------------------------------------
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        rollout = self.rollout(batch)  # sample -> rewards -> advantages -> reference/old log-probs
+        first = batch, None  # the loader's batch and its rollout: what the step logs
+        if self.settings.dynamic_sampling:  # the loader's prompts, zero-variance groups replaced
+            first, batch, rollout = self.rollout_with_signal(batch)
+        else:
+            rollout = self.rollout(batch)  # sample -> rewards -> advantages -> reference/old log-probs
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         stats: list[dict] = []
-        fault = self._nonfinite_rollout(rollout)  # a NaN reward would reach every token's loss
-        if fault is None:
+        # a NaN reward would reach every token's loss; no rollout: every group had zero variance
+        fault = self._nonfinite_rollout(rollout) if rollout is not None else None
+        if fault is None and rollout is not None:
             for _ in range(self.settings.num_iterations):
                 update_stats, fault = self.update(batch, rollout, optimizer)  # one optimiser step
                 stats.append(update_stats)
@@ -169,7 +185,8 @@ class GRPOModule(VQAModule):
                 scheduler.step()
         self._count_nonfinite(fault)
         no_stats = {"kl": math.nan, "clip_fraction": math.nan, "entropy": math.nan}
-        self.log_step(batch, rollout, stats[0] if stats else no_stats, optimizer)  # the first update's
+        logged = first if first[1] is not None else (batch, rollout)
+        self.log_step(*logged, stats[0] if stats else no_stats, optimizer)  # the first update's stats
         self._stop_after_nonfinite(fault)
 
     # --- non-finite numbers: skip the update, stop after max_nonfinite_updates in a row ----------
@@ -242,28 +259,125 @@ class GRPOModule(VQAModule):
     def rollout(self, batch: PromptBatch) -> Rollout:
         """G completions per prompt (sampled without dropout), their rewards and advantages, and the
         log-probs later updates compare against."""
-        settings, group = self.settings, self.settings.num_generations
+        rollout = self._sampled_rollout(batch)
+        self._score_rollout(batch, rollout)
+        return rollout
+
+    def _sampled_rollout(self, batch: PromptBatch) -> Rollout:
+        """The rollout's samples, rewards and advantages; no log-probs yet."""
+        group = self.settings.num_generations
         self.model.eval()
         ids, mask, texts = self.sampler.complete(self.model, batch, self.sampling, group)
         self.model.train()
         rewards = self.reward(texts, **repeat_fields(batch.fields(), group))
+        return self._new_rollout(ids, mask, texts, rewards)
+
+    def _new_rollout(self, ids: Tensor, mask: Tensor, texts: list[str], rewards: RewardOutput) -> Rollout:
+        settings, group = self.settings, self.settings.num_generations
         total = torch.tensor(rewards.total, dtype=torch.float32, device=self.device)  # [B*G]
         advantages = group_advantages(total, group, scale=settings.scale_rewards, eps=settings.advantage_eps)
-        rollout = Rollout(
+        return Rollout(
             ids=ids,
             mask=mask,
             texts=texts,
             rewards=rewards,
             total=total,
             advantages=advantages,
-            spans=self._micro_batches(len(batch), mask),
+            spans=self._micro_batches(len(texts) // group, mask),
             ref_logprobs=[],
             old_logprobs=None,
         )
+
+    def _score_rollout(self, batch: PromptBatch, rollout: Rollout) -> None:
+        """The reference log-probs (beta > 0) and, when a later update needs the pre-update policy
+        (num_iterations > 1), the old ones, per micro-batch."""
         rollout.ref_logprobs = [self._reference_logprobs(batch, rollout, span) for span in rollout.spans]
-        if settings.num_iterations > 1:  # a later update needs the pre-update policy
+        if self.settings.num_iterations > 1:
             rollout.old_logprobs = [self._logprobs(batch, rollout, span).logprobs for span in rollout.spans]
-        return rollout
+
+    # --- dynamic sampling (DAPO): only groups whose rewards differ are trained on -----------------
+    # Every rank runs the same number of rounds (all ranks agree on "someone still needs prompts"),
+    # and all train on the same number of prompts, the fewest any rank kept: the ranks' backward
+    # passes and gradient all-reduces then line up. A step that keeps no prompt applies no update,
+    # as a non-finite one: no optimizer.step() and no scheduler.step(), so Lightning's global_step
+    # (and trainer.max_steps, and the learning-rate schedule) counts applied updates only.
+
+    @torch.no_grad()
+    def rollout_with_signal(
+        self, batch: PromptBatch
+    ) -> tuple[tuple[PromptBatch, Rollout], PromptBatch | None, Rollout | None]:
+        """((the loader's batch, its rollout), the kept batch, its scored rollout). The kept batch holds
+        the first B prompts with signal, B = len(batch), fewer when algo.max_resample rounds did not
+        find enough, and (None, None) when none was found on some rank."""
+        size, group = len(batch), self.settings.num_generations
+        first = self._sampled_rollout(batch)
+        kept_here = [b for b, signal in enumerate(groups_with_signal(first.total, group)) if signal]
+        rounds = [SampledGroups(first.ids, first.mask, first.texts, first.rewards, kept_here)]
+        records = [batch.records[b] for b in kept_here]
+        seen, sampled, extra_rounds = {r.id for r in batch.records}, size, 0
+        while True:
+            fewest = self._fewest_across_ranks(len(records))
+            if fewest >= size or extra_rounds == self.settings.max_resample:
+                break
+            extra_rounds += 1
+            extra = self._draw_prompts(draw_size(size, len(records), sampled), extra_rounds, seen)
+            seen |= {r.id for r in extra.records}
+            sampled += len(extra)
+            more = self._sampled_rollout(extra)
+            kept_here = [b for b, signal in enumerate(groups_with_signal(more.total, group)) if signal]
+            rounds.append(SampledGroups(more.ids, more.mask, more.texts, more.rewards, kept_here))
+            records += [extra.records[b] for b in kept_here]
+        for name, value in (
+            ("dropped_groups", sampled - sum(len(r.kept) for r in rounds)),
+            ("resample_rounds", extra_rounds),
+            ("resampled_prompts", sampled - size),
+        ):
+            self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=size)
+        keep = min(size, fewest)
+        if keep == 0:
+            log.warning(
+                "step %d: no group with differing rewards in %d prompts after %d extra rounds (on some rank); "
+                "no update (a reward that never varies stalls the run: check it, or raise algo.max_resample)",
+                self.global_step,
+                sampled,
+                extra_rounds,
+            )
+            return (batch, first), None, None
+        if keep == size and len(rounds[0].kept) == size:  # nothing dropped: the loader's batch as it is
+            self._score_rollout(batch, first)
+            return (batch, first), batch, first
+        kept_batch = self._as_loader_batch(self._datamodule().collate_train(records[:keep]))
+        rollout = self._new_rollout(*gather_kept(rounds, group, keep, self.sampler.pad_id))
+        self._score_rollout(kept_batch, rollout)
+        return (batch, first), kept_batch, rollout
+
+    def _fewest_across_ranks(self, count: int) -> int:
+        """The smallest `count` of all ranks (one all-gather; `count` itself on a single device)."""
+        if self._trainer is None:
+            return count
+        return int(self.all_gather(torch.tensor(count, device=self.device)).min())
+
+    def _draw_prompts(self, size: int, round_: int, exclude: set[str]) -> PromptBatch:
+        """`size` fresh training prompts for extra round `round_`, drawn by the datamodule from a seed
+        of (data seed, training batch index, round, rank): exact on resume with no saved state."""
+        batch_index = self.trainer.fit_loop.epoch_loop.total_batch_idx  # skipped steps counted too
+        drawn = self._datamodule().draw_train_prompts(size, batch=batch_index, round_=round_, exclude=exclude)
+        return self._as_loader_batch(drawn)
+
+    def _datamodule(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "draw_train_prompts"):
+            raise UserError(
+                "algo.dynamic_sampling=true draws extra training prompts from medr1's VQADataModule; "
+                "fit with trainer.fit(module, datamodule=...) or set algo.dynamic_sampling=false"
+            )
+        return datamodule
+
+    def _as_loader_batch(self, batch: PromptBatch) -> PromptBatch:
+        """`batch` converted and moved as Lightning does a loader's batch (precision, then device)."""
+        trainer = self.trainer
+        batch = trainer.precision_plugin.convert_input(batch)
+        return trainer.strategy.batch_to_device(batch)
 
     def _micro_batches(self, n_prompts: int, completion_mask: Tensor) -> list[MicroBatch]:
         """The backward passes of one update, each with the weight of its loss in the rollout loss."""

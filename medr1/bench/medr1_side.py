@@ -1,0 +1,127 @@
+"""medr1's side of the benchmark: its real training path, built as `run.py` builds it.
+
+The Hydra config is composed with the benchmark's overrides (medr1.bench.common.medr1_overrides), then
+the same builders as medr1.train.train make the policy, datamodule, GRPOModule and Lightning Trainer,
+and `trainer.fit` runs warm-up + timed + FLOP-counted steps. Phases are timed by wrapping bound methods
+of the running instances (the names issue 14's contract keeps stable):
+rollout = module.sampler.complete, reference = module._reference_logprobs,
+optimizer = optimizer.step, policy = module.update minus optimizer.step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from medr1.bench.common import (
+    BenchSettings,
+    FlopCount,
+    PhaseTimer,
+    compose_bench_config,
+    peak_rss_mb,
+    snapshot,
+    summarise,
+    weight_change,
+)
+
+
+class StepClock(L.Callback):
+    """Step boundaries (and the FLOP-counted step) from Lightning's batch hooks."""
+
+    def __init__(self, timer: PhaseTimer, settings: BenchSettings):
+        self.timer, self.settings = timer, settings
+        self.flops: FlopCount | None = None
+        self.threads: int | None = None
+        self.index = 0  # steps begun so far (batch_idx restarts at every epoch of the 8 records)
+
+    def on_train_start(self, trainer, module) -> None:
+        self.threads = torch.get_num_threads()
+        optimizer = trainer.optimizers[0]  # the torch optimiser LightningOptimizer.step ends in
+        self.timer.wrap(optimizer, "step", "optimizer")
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.timer.begin()
+        if self.index == self.settings.flop_step:
+            self.flops = FlopCount().__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.flops is not None and self.index == self.settings.flop_step:
+            self.flops.__exit__(None, None, None)
+        self.timer.end(keep=self.settings.warmup <= self.index < self.settings.warmup + self.settings.steps)
+        self.index += 1
+
+
+def run(settings: BenchSettings) -> dict:
+    from medr1.builders import build_datamodule, build_module, build_trainer, load_policy
+
+    cfg = compose_bench_config(settings)
+    L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_num_threads(int(cfg.num_threads))
+    policy = load_policy(cfg, train=True)
+    datamodule = build_datamodule(cfg, policy.processor)
+    datamodule.setup("fit")
+    module = build_module(cfg, policy, datamodule)
+
+    timer = PhaseTimer()
+    faults: list[str | None] = []
+
+    prompt_tokens: list[int] = []
+
+    def count_tokens(timer, result, args, kwargs):  # complete(model, batch, sampling, group)
+        timer.counts["completion_tokens"] += float(result[1].sum())
+        prompt_tokens.append(int(args[1].model_inputs["input_ids"].shape[1]))
+
+    def note_fault(timer, result, args, kwargs):
+        faults.append(result[1])
+
+    timer.wrap(module.sampler, "complete", "rollout", on_result=count_tokens)
+    timer.wrap(module, "_reference_logprobs", "reference")
+    timer.wrap(module, "update", "update", on_result=note_fault)
+    timer.hook_model_calls(module.model)
+    if module._reference is not None:
+        timer.hook_model_calls(module._reference)
+
+    clock = StepClock(timer, settings)
+    initial = snapshot(module.model)
+    run_dir = Path(tempfile.mkdtemp(prefix="medr1-bench-run-"))
+    trainer = build_trainer(cfg, run_dir, [], [clock])
+    datamodule.batch_size = settings.prompts
+    trainer.fit(module, datamodule=datamodule)
+
+    for step in timer.steps:  # update = policy forward/backward (+ clipping) + optimizer.step
+        step["policy"] = step.pop("update", 0.0) - step.get("optimizer", 0.0)
+        step["policy_prefill"] = step.pop("update_prefill", 0.0)
+    summary = summarise(timer.steps, settings, clock.flops.total if clock.flops else None)
+    return {
+        "framework": "medr1",
+        **summary,
+        "steps": timer.steps,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": clock.threads,
+        "prompt_tokens": max(prompt_tokens),
+        "optimizer_steps": int(trainer.global_step),
+        "trained": {
+            **weight_change(initial, module.model),
+            "updates": len(faults),
+            "loss_finite": bool(faults) and all(f is None for f in faults),
+            "skipped_updates": int(getattr(module, "skipped_updates", 0)),
+        },
+        "settings_seen": {
+            "stop_ids": list(module.sampler.stop_ids),
+            "banned_ids": list(module.sampler.banned_ids),
+            "optimizer": type(trainer.optimizers[0]).__name__,
+            "optimizer_settings": {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in trainer.optimizers[0].param_groups[0].items()
+                if k in ("lr", "betas", "eps", "weight_decay")
+            },
+            "loss_agg": module.settings.loss_agg,
+            "scale_rewards": module.settings.scale_rewards,
+            "num_iterations": module.settings.num_iterations,
+            "top_k": module.settings.top_k,
+            "max_grad_norm": module.settings.max_grad_norm,
+        },
+    }
