@@ -16,21 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers.config import REPO, compose_config
+from tests.helpers.config import REPO, TINY_RUN, compose_config, run_py
 
-TINY = [
-    "logger=csv",
-    "trainer.val_check_interval=100",
-    "data.val_size=4",
-    "data.batch_size=2",
-    "data.source.size=5",
-    "++algo.num_generations=2",
-    "algo.max_completion_length=24",
-    "eval.before_training=false",
-    "eval.probes=[]",
-    "trainer.enable_progress_bar=false",
-    "checkpoint.every_n_steps=100",
-]
+TINY = [*TINY_RUN, "eval.probes=[]"]
 
 
 def environment() -> dict:
@@ -38,25 +26,13 @@ def environment() -> dict:
     return os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def run_py(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=environment(),
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
 def test_a_two_job_sweep_through_submitit_local_evaluates_both_runs(tmp_path):
     sweep = tmp_path / "sweep"
     run_py(
         ["-m", "hydra/launcher=submitit_local", "modality=ct,mri", f"hydra.sweep.dir={sweep}"]
         + TINY
-        + ["trainer.max_steps=2"]
+        + ["trainer.max_steps=2"],
+        env=environment(),
     )
     for job, modality in (("0", "ct"), ("1", "mri")):
         summary = json.loads((sweep / job / "eval" / "summary.json").read_text())
@@ -122,7 +98,7 @@ def test_a_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_result(
 
     # the same run, never interrupted
     straight = tmp_path / "straight"
-    run_py(common + [f"hydra.run.dir={straight}"])
+    run_py(common + [f"hydra.run.dir={straight}"], env=environment())
     resumed = load_file(run / "checkpoints" / "final" / "model.safetensors")
     uninterrupted = load_file(straight / "checkpoints" / "final" / "model.safetensors")
     assert resumed.keys() == uninterrupted.keys()

@@ -4,41 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.config import REPO
+from tests.helpers.config import TINY_RUN, run_py
 
-TINY_BUDGET = [
-    "logger=csv",
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=100",
-    "data.val_size=4",
-    "data.batch_size=2",
-    "data.source.size=5",
-    "++algo.num_generations=2",
-    "algo.max_completion_length=24",
-    "eval.before_training=false",
-    "trainer.enable_progress_bar=false",
-    "checkpoint.every_n_steps=100",
-]
-
-
-def run_py(args: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+TINY_BUDGET = ["trainer.max_steps=2", *TINY_RUN]
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:

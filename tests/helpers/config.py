@@ -3,6 +3,9 @@ end-to-end settings most training tests use."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +23,35 @@ FAST = [
     "eval.before_training=false",
     "checkpoint.every_n_steps=2",
 ]
+
+# run.py jobs at the smallest size that still trains and evaluates (sweeps, launchers); add trainer.max_steps
+TINY_RUN = [
+    "logger=csv",
+    "trainer.val_check_interval=100",
+    "data.val_size=4",
+    "data.batch_size=2",
+    "data.source.size=5",
+    "++algo.num_generations=2",
+    "algo.max_completion_length=24",
+    "eval.before_training=false",
+    "trainer.enable_progress_bar=false",
+    "checkpoint.every_n_steps=100",
+]
+
+
+def run_py(args: list[str], timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python run.py <args>` from the repository, as a user runs it; asserts it exits 0."""
+    result = subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy() if env is None else env,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
 
 # the keys of every eval/summary.json
 SUMMARY_KEYS = {
