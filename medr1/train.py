@@ -101,12 +101,13 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, run_dir, loggers, callbacks)
-    if writes_plain_state_dict(trainer.strategy):
+    plain_checkpoints = writes_plain_state_dict(trainer.strategy)  # one file per checkpoint, medr1's format
+    if plain_checkpoints:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # a kill mid-save leaves the previous file
-    if writes_plain_state_dict(trainer.strategy) and frozen_parameters(module):
-        # its checkpoints leave the frozen weights out (CheckpointExtras), so loading one, ours or a SLURM
-        # requeue's, must not ask for them; CheckpointExtras checks what a loaded checkpoint left out
-        module.strict_loading = False
+        if frozen_parameters(module):
+            # its checkpoints leave the frozen weights out (CheckpointExtras), so loading one, ours or a
+            # SLURM requeue's, must not ask for them; CheckpointExtras checks what a loaded one left out
+            module.strict_loading = False
     check_trainable_precision(
         policy.model,
         trainer.precision,  # Lightning's own name for it (legacy aliases resolved)
@@ -131,7 +132,7 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     # Lightning's torch.load of the checkpoint (checkpoint.resume's, or a SLURM requeue's) refuses anything
     # but tensors and plain containers; FSDP and DeepSpeed read their own formats as they choose
-    weights_only = True if writes_plain_state_dict(trainer.strategy) else None
+    weights_only = True if plain_checkpoints else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=weights_only)
     log.info("training took %.1f s", time.perf_counter() - started)
     if not is_main:

@@ -291,7 +291,13 @@ def test_figures_are_the_median_step_s_and_rounds_pool_their_steps():
 
     trained = {"loss_finite": True, "tensors_changed": 10, "tensors": 10}
     rounds = [
-        {"steps": [step(2.0), step(30.0)], "step_s": 16.0, "peak_rss_mb": 900.0, "trained": trained},
+        {
+            "steps": [step(2.0), step(30.0)],
+            "step_s": 16.0,
+            "peak_rss_mb": 900.0,
+            "flops_per_step": None,
+            "trained": trained,
+        },
         {
             "steps": [step(4.0), step(3.0)],
             "step_s": 3.5,
@@ -300,8 +306,6 @@ def test_figures_are_the_median_step_s_and_rounds_pool_their_steps():
             "trained": trained | {"loss_finite": False},
         },
     ]
-    for run in rounds:
-        run.setdefault("flops_per_step", None)
     pooled = pool_rounds(rounds, settings)
     assert pooled["rounds"] == 2 and pooled["timed_steps"] == 4 and pooled["step_s"] == 3.0  # of 2, 3, 4, 30
     assert pooled["peak_rss_mb"] == 950.0 and pooled["trained"]["loss_finite"] is False

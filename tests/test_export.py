@@ -44,14 +44,31 @@ def evaluate_folder(folder: Path, run_dir: Path) -> tuple[dict, list[dict]]:
     summary = evaluate(
         compose_config(RUN + ["mode=eval", f"model.path={folder}", "eval.reuse=false"], run_dir)
     )
-    lines = (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()
-    return summary, [json.loads(line) for line in lines]
+    return summary, run_predictions(run_dir)[1]
 
 
 def run_predictions(run_dir: Path) -> tuple[dict, list[dict]]:
+    """A run dir's evaluation: eval/summary.json and the eval/predictions.jsonl lines."""
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     lines = (run_dir / "eval" / "predictions.jsonl").read_text().splitlines()
     return summary, [json.loads(line) for line in lines]
+
+
+def assert_holds_and_answers_as_the_final_model(folder: Path, run: Path, eval_dir: Path) -> None:
+    """`folder` holds the run's final weights, and `mode=eval` on it gives the run's own completions
+    and accuracy."""
+    final = load_file(run / "checkpoints" / "final" / "model.safetensors")
+    exported = load_file(folder / "model.safetensors")
+    assert set(exported) == set(final) and all(torch.equal(exported[k], final[k]) for k in final)
+    assert_answers_as_the_run(folder, run, eval_dir)
+
+
+def assert_answers_as_the_run(folder: Path, run: Path, eval_dir: Path) -> None:
+    """`mode=eval model.path=<folder>` gives the run's own completions and accuracy."""
+    expected_summary, expected = run_predictions(run)
+    summary, predictions = evaluate_folder(folder, eval_dir)
+    assert [p["completion"] for p in predictions] == [p["completion"] for p in expected]
+    assert summary["accuracy"] == expected_summary["accuracy"]
 
 
 def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -98,13 +115,7 @@ def test_mid_run_export_holds_the_checkpoint_s_weights_and_evaluates_as_its_modu
 def test_export_of_the_last_step_evaluates_as_the_run_did(full_run, tmp_path):
     out = tmp_path / "last"
     assert main([str(full_run / "checkpoints" / "last.ckpt"), str(out)]) == 0
-    final = load_file(full_run / "checkpoints" / "final" / "model.safetensors")
-    exported = load_file(out / "model.safetensors")
-    assert set(exported) == set(final) and all(torch.equal(exported[k], final[k]) for k in final)
-    expected_summary, expected = run_predictions(full_run)
-    summary, predictions = evaluate_folder(out, tmp_path / "eval")
-    assert [p["completion"] for p in predictions] == [p["completion"] for p in expected]
-    assert summary["accuracy"] == expected_summary["accuracy"]
+    assert_holds_and_answers_as_the_final_model(out, full_run, tmp_path / "eval")
 
 
 def test_lora_export_merged_and_as_adapters(lora_run, tmp_path, tiny_path):
@@ -113,13 +124,7 @@ def test_lora_export_merged_and_as_adapters(lora_run, tmp_path, tiny_path):
     assert saved and all("lora_" in name for name in saved)  # adapters only: the base is not written
 
     merged = export(checkpoint, tmp_path / "merged")
-    final = load_file(lora_run / "checkpoints" / "final" / "model.safetensors")
-    exported = load_file(merged / "model.safetensors")
-    assert set(exported) == set(final) and all(torch.equal(exported[k], final[k]) for k in final)
-    expected_summary, expected = run_predictions(lora_run)
-    summary, predictions = evaluate_folder(merged, tmp_path / "eval")
-    assert [p["completion"] for p in predictions] == [p["completion"] for p in expected]
-    assert summary["accuracy"] == expected_summary["accuracy"]
+    assert_holds_and_answers_as_the_final_model(merged, lora_run, tmp_path / "eval")
 
     adapters = export(checkpoint, tmp_path / "adapters", adapters=True)
     assert not (adapters / "model.safetensors").exists()  # the base model is referenced, not copied
@@ -135,9 +140,7 @@ def test_lora_export_merged_and_as_adapters(lora_run, tmp_path, tiny_path):
     assert base_names == set(base)
     assert all(torch.equal(loaded[n], base[n.replace(".base_layer", "")]) for n in loaded if "lora_" not in n)
     # mode=eval reads the adapters folder (its processor type from the base it names) and answers as merged
-    adapter_summary, adapter_predictions = evaluate_folder(adapters, tmp_path / "eval_adapters")
-    assert [p["completion"] for p in adapter_predictions] == [p["completion"] for p in expected]
-    assert adapter_summary["accuracy"] == expected_summary["accuracy"]
+    assert_answers_as_the_run(adapters, lora_run, tmp_path / "eval_adapters")
 
 
 def test_export_refuses_bad_input_with_one_line(full_run, tmp_path, capsys):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medr1.data.batches import PromptCollator
 from medr1.logprobs import completion_logprobs
 from medr1.models.families import VISION_TOKENS
 from medr1.models.loading import load_model, load_processor
 from medr1.rollout import Sampler, SamplingConfig, filter_logits
+from tests.helpers.batches import padded_batch
 from tests.helpers.config import compose_config
 
 
@@ -20,13 +20,7 @@ def setup(tiny_base_path, synthetic_splits):
     cfg = compose_config([])
     processor = load_processor(cfg.model, tiny_base_path)
     model = load_model(cfg.model, tiny_base_path).eval()
-    # records of different prompt lengths so left padding is exercised
-    records = sorted(
-        synthetic_splits.train, key=lambda r: len(r.question) + sum(map(len, r.options.values()))
-    )
-    batch = PromptCollator(processor, "think")([records[0], records[-1], records[len(records) // 2]])
-    assert batch.model_inputs["attention_mask"].min() == 0, "fixture must contain left padding"
-    return model, processor, batch
+    return model, processor, padded_batch(processor, synthetic_splits.train)
 
 
 def test_sampled_logprobs_are_the_sampling_distribution(setup):

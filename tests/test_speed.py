@@ -10,10 +10,10 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 import medr1.logprobs as logprobs_module
-from medr1.data.batches import PromptCollator
 from medr1.logprobs import completion_logprobs, token_scores
 from medr1.models.loading import load_model, load_processor
 from medr1.rollout import PreallocatedLayer, Sampler, SamplingConfig, greedy, preallocate, sample_completions
+from tests.helpers.batches import padded_batch
 from tests.helpers.config import compose_config
 
 
@@ -23,12 +23,7 @@ def setup(tiny_path, synthetic_splits):
     cfg = compose_config([])
     processor = load_processor(cfg.model, tiny_path)
     model = load_model(cfg.model, tiny_path).eval()
-    records = sorted(
-        synthetic_splits.train, key=lambda r: len(r.question) + sum(map(len, r.options.values()))
-    )
-    batch = PromptCollator(processor, "think")([records[0], records[-1], records[len(records) // 2]])
-    assert batch.model_inputs["attention_mask"].min() == 0, "fixture must contain left padding"
-    return model, processor, batch
+    return model, processor, padded_batch(processor, synthetic_splits.train)
 
 
 def _sample(model, processor, batch, sampling, *, seed=0, group=4, preallocate_cache=True):

@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from medr1.bench.common import BenchSettings, matmul_peak, write_data_folder
+from medr1.bench.common import BenchSettings, matmul_peak, summarise, write_data_folder
 
 TARGETS = {"samples_per_s_ratio": 4.0, "rollout_vs_generate": 2.0}  # issue 14, item 2
 
@@ -63,8 +63,6 @@ def run_rounds(kinds: list[str], settings: BenchSettings, workdir: Path, rounds:
 
 def pool_rounds(runs: list[dict], settings: BenchSettings) -> dict:
     """One side's rounds as one result (the first error, if a round failed)."""
-    from medr1.bench.common import summarise
-
     failed = [run for run in runs if "error" in run]
     if failed:
         return failed[0]
