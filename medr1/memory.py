@@ -48,7 +48,8 @@ Terms (bytes):
       (Qwen3-VL, whose DeepStack mergers add 4E each); with checkpointing D * E * c for the blocks
       (their recompute follows the text layers' backward)
     autocast (`*-mixed`): + c bytes of every Linear/Conv weight (autocast's cast cache)
-  KV, rollout   K  = L * B*G * S * 2*kvd * c        the cache the G samples grow, the whole batch at once
+  KV, rollout   K  = L * (B*P + B*G*T) * 2*kvd * c  each prompt's keys and values once, each sample's own
+                                                    (shared-prefix decoding); B*G*S for generate()
   KV, training  Kt = L * n * S * 2*kvd * c          the expanded cache of the policy pass, alive until its
                                                     logits are computed
   logits        Lg = 8 * n*T*V  (grad)              the saved fp32 log-softmax and the logits at the end of
@@ -441,7 +442,10 @@ def estimate_memory(
     vision_working_set = step.image_patches * (shape.vision_mlp + 3 * shape.vision_width) * c  # per prompt
     if step.algo == "grpo":
         sequences = step.prompts * step.generations
-        terms["kv_cache_rollout"] = kv_per_position * sequences * total
+        # shared-prefix decoding (medr1.shared_prefix): each prompt's keys/values once, each sample's own;
+        # generate() keeps a repeated prompt per sample
+        cached = step.prompts * step.prompt_tokens + sequences * step.completion_tokens
+        terms["kv_cache_rollout"] = kv_per_position * (cached if step.shared_rollout else sequences * total)
         prefills = step.prompts * (1 if step.shared_rollout else step.generations)
         terms["prefill_working_set"] = prefills * (step.prompt_tokens * working_set + vision_working_set)
         terms["sampling_buffers"] = sequences * shape.vocab * 4 * FP32

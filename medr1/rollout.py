@@ -2,23 +2,25 @@
 `Sampler` that training, validation and evaluation share, and `greedy()`.
 
 A VLM prompt is mostly image tokens and a causal model's prompt states do not depend on the
-completion, so for the Qwen families `sample_completions` prefills B prompts once, expands the KV
-cache G ways and samples B*G completions (HF `generate` with `num_return_sequences=G` repeats every
-prompt G times instead). Any other model family (medr1.models.families) takes the generic path:
-each prompt repeated G times and sampled by `generate()` with the same settings, stop and banned
-tokens. Departure from Med-R1's trainer (TRL 0.14): the vision/grounding special tokens cannot be
-sampled.
+completion, so for the Qwen families `sample_completions` prefills B prompts once and samples B*G
+completions from that one prefill (HF `generate` with `num_return_sequences=G` repeats every prompt G
+times instead). Decoding keeps each prompt's keys and values once for its G rows, beside each row's
+own completion keys and values, and attends to both (shared-prefix attention, medr1.shared_prefix);
+the KV cache expanded G ways gives the same tokens and remains as `kv_layout="preallocated"` (filled
+in place) and `"growing"` (the model's own concatenating cache), for the tests. Any other model
+family (medr1.models.families) takes the generic path: each prompt repeated G times and sampled by
+`generate()` with the same settings, stop and banned tokens. Departure from Med-R1's trainer (TRL
+0.14): the vision/grounding special tokens cannot be sampled.
 
 Decoding stops as soon as every sequence has emitted a stop token, so the completions are only as
-wide as the longest one. The KV cache of the shared-prompt path is allocated once for the prompt plus
-`max_new_tokens` (`preallocate_cache`): each step writes its token's keys and values in place, where
-the default cache concatenates (copies) the whole cache of all B*G rows at every token. The keys
-and values the attention reads are the same numbers either way, so the sampled tokens are identical
-(tests/test_speed.py).
+wide as the longest one. Sampling draws one uniform number per row and reads the token off the
+cumulative distribution (`sample_rows`): the distribution of `torch.multinomial`, without its one
+random number per vocabulary entry.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,7 @@ from transformers.cache_utils import DynamicLayer
 from medr1.data.batches import PromptBatch
 from medr1.logprobs import repeat_prompts
 from medr1.models.families import family_of, placeholder_tokens, unwrap
+from medr1.shared_prefix import BufferedLayer, plain_filled_layers, share_prefix, shared_prefix_attention
 
 
 @dataclass
@@ -83,56 +86,46 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig, banned_ids: torch.T
 
 def next_tokens(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     if cfg.do_sample:
-        return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(-1)
+        return sample_rows(logits.softmax(-1))
     return logits.argmax(-1)
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values live in buffers with room for `extra` more tokens.
+def sample_rows(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [N, V], drawn from that row's distribution by its inverse CDF.
 
-    `update` writes the new tokens into the buffers and returns views of the filled part: the same
-    values a DynamicLayer returns, without copying the whole cache at every decoding step.
-    """
+    One uniform number per row, where `torch.multinomial` draws an exponential per vocabulary entry
+    (V random numbers per row: 14% of the demo's sampling time on CPU). The CDF is summed in float64
+    (float32 on MPS, which has none), and u * total < total for u < 1 drawn in float32, so the search
+    never runs past the last token; an entry of probability 0 adds nothing to the CDF and is never
+    found (`right=True` returns the first entry whose CDF exceeds the draw)."""
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = probs.to(wide).cumsum(-1)
+    draw = torch.rand(probs.shape[0], 1, device=probs.device, dtype=torch.float32).to(wide) * cdf[:, -1:]
+    return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+class PreallocatedLayer(BufferedLayer):
+    """A DynamicLayer's keys and values (the expanded prompt) in buffers with room for `extra` more
+    tokens: `update` returns the values a DynamicLayer returns, without copying the whole cache."""
 
     def __init__(self, layer: DynamicLayer, extra: int):
         super().__init__()
-        rows, heads, length, key_dim = layer.keys.shape
-        self.device = layer.keys.device
-        self.key_buffer = layer.keys.new_empty(rows, heads, length + extra, key_dim)
-        self.value_buffer = layer.values.new_empty(rows, heads, length + extra, layer.values.shape[-1])
-        self.key_buffer[:, :, :length] = layer.keys
-        self.value_buffer[:, :, :length] = layer.values
-        self.length = length
-        self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self.key_buffer.shape[-2]:
-            raise RuntimeError(
-                f"preallocated KV cache holds {self.key_buffer.shape[-2]} tokens, asked for {end}"
-            )
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
+        length = layer.keys.shape[-2]
+        self._allocate(layer, layer.keys.shape[0], length + extra)
+        self.update(layer.keys, layer.values)
 
 
 def preallocate(cache, extra: int) -> bool:
-    """Give every layer of a filled `cache` room for `extra` more tokens, in place; True if done.
-
-    Only a cache made of plain DynamicLayers is converted (a sliding-window or quantised layer keeps
-    its own update rule)."""
-    layers = getattr(cache, "layers", None)
-    if (
-        extra < 1
-        or not layers
-        or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers)
-    ):
+    """Give every layer of a filled `cache` room for `extra` more tokens, in place; True if done (only a
+    cache of plain DynamicLayers, `shared_prefix.plain_filled_layers`)."""
+    layers = plain_filled_layers(cache)
+    if extra < 1 or layers is None:
         return False
     cache.layers = [PreallocatedLayer(layer, extra) for layer in layers]
     return True
+
+
+KV_LAYOUTS = ("shared", "preallocated", "growing")
 
 
 @torch.no_grad()
@@ -146,16 +139,21 @@ def sample_completions(
     pad_id: int,
     banned_ids: list[int] | None = None,
     images_per_prompt: torch.Tensor | None = None,
-    preallocate_cache: bool = True,
+    kv_layout: str = "shared",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions per prompt; returns ids and mask, both [B*G, T].
 
     Completions of prompt b sit at rows b*G .. b*G+G-1. A completion ends with (and includes) its
     first stop token; positions after it hold `pad_id` and mask 0. T is the longest completion's
     length: decoding stops when every row has stopped. `images_per_prompt` [B] (default one each)
-    tells the generic path which images belong to which prompt; `preallocate_cache=False` keeps the
-    model's growing cache (same tokens, slower; for the tests that check exactly that).
+    tells the generic path which images belong to which prompt. `kv_layout` (shared-prompt families):
+    "shared" keeps one copy of each prompt's keys and values for its G rows (medr1.shared_prefix);
+    "preallocated" expands the cache G ways into buffers filled in place; "growing" is the model's own
+    expanded, concatenating cache. All three sample the same tokens (tests/test_shared_prefix.py,
+    tests/test_speed.py); the last two are there to check exactly that.
     """
+    if kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout={kv_layout!r}: expected one of {KV_LAYOUTS}")
     family = family_of(model)
     if not family.shared_prompt:
         return _generate_repeated(
@@ -172,36 +170,43 @@ def sample_completions(
     positions, next_position = family.prompt_positions(model, prompt_inputs)
     output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = output.cache
-    logits = output.logits[:, -1]
-    if num_generations > 1:  # one prefill, G completions: expand the cache instead of the prompt
-        cache.batch_repeat_interleave(num_generations)
-        logits = logits.repeat_interleave(num_generations, 0)
-        next_position = next_position.repeat_interleave(num_generations, 0)
-    if preallocate_cache:
-        preallocate(cache, cfg.max_new_tokens - 1)  # the last sampled token is never fed back
+    room = cfg.max_new_tokens - 1  # the last sampled token is never fed back
+    shared = (
+        kv_layout == "shared"
+        and share_prefix(cache, prompt_inputs["attention_mask"], num_generations, room) is not None
+    )
+    if not shared:  # one prefill, G completions: expand the cache instead of the prompt
+        if num_generations > 1:
+            cache.batch_repeat_interleave(num_generations)
+        if kv_layout != "growing":
+            preallocate(cache, room)
+    logits = output.logits[:, -1].repeat_interleave(num_generations, 0)
+    next_position = next_position.repeat_interleave(num_generations, 0)
     attention_mask = prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
     n = attention_mask.shape[0]
     banned = torch.tensor(banned_ids or [], dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens, masks = [], []
-    for step in range(cfg.max_new_tokens):
-        token = next_tokens(filter_logits(logits, cfg, banned), cfg)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        masks.append(~finished)
-        finished = finished | torch.isin(token, stops)
-        if finished.all() or step == cfg.max_new_tokens - 1:
-            break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        output = model(
-            input_ids=token[:, None],
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=family.text_positions(next_position, step, 1),
-            use_cache=True,
-        )
-        logits = output.logits[:, -1]
+    with shared_prefix_attention(model, cache) if shared else nullcontext():
+        for step in range(cfg.max_new_tokens):
+            token = next_tokens(filter_logits(logits, cfg, banned), cfg)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            tokens.append(token)
+            masks.append(~finished)
+            finished = finished | torch.isin(token, stops)
+            if finished.all() or step == cfg.max_new_tokens - 1:
+                break
+            if not shared:  # the shared-prefix layers hold the prompt mask; completions need none
+                attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+            output = model(
+                input_ids=token[:, None],
+                attention_mask=None if shared else attention_mask,
+                cache=cache,
+                position_ids=family.text_positions(next_position, step, 1),
+                use_cache=True,
+            )
+            logits = output.logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(masks, 1).long()
 
 
@@ -256,8 +261,16 @@ class Sampler:
             banned_token_ids(processor),
         )
 
-    def complete(self, model, batch: PromptBatch, sampling: SamplingConfig, num_generations: int = 1):
-        """(completion ids [B*G, T], mask [B*G, T], decoded texts [B*G])."""
+    def complete(
+        self,
+        model,
+        batch: PromptBatch,
+        sampling: SamplingConfig,
+        num_generations: int = 1,
+        kv_layout: str = "shared",
+    ):
+        """(completion ids [B*G, T], mask [B*G, T], decoded texts [B*G]); `kv_layout` as in
+        `sample_completions`."""
         ids, mask = sample_completions(
             model,
             batch.model_inputs,
@@ -267,6 +280,7 @@ class Sampler:
             pad_id=self.pad_id,
             banned_ids=self.banned_ids,
             images_per_prompt=batch.images_per_prompt,
+            kv_layout=kv_layout,
         )
         return ids, mask, self.decode(ids, mask)
 

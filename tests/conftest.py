@@ -42,3 +42,16 @@ def synthetic_splits():
 
     cfg = compose_config(["data.source.size=5"])
     return instantiate(cfg.data.source).load()
+
+
+@pytest.fixture(scope="session")
+def instruct_setup(tiny_path, synthetic_splits):
+    """The tiny instruct model in eval mode (it stops its completions), its processor, and three prompts
+    of different lengths in one left-padded batch (sampling and scoring tests; none of them trains it)."""
+    from medr1.models.loading import load_model, load_processor
+    from tests.helpers.batches import padded_batch
+
+    cfg = compose_config([])
+    processor = load_processor(cfg.model, tiny_path)
+    model = load_model(cfg.model, tiny_path).eval()
+    return model, processor, padded_batch(processor, synthetic_splits.train)

@@ -29,6 +29,7 @@ def test_ddp_grpo_on_two_cpu_processes(tmp_path):
             f"hydra.run.dir={run_dir}",
             "trainer.max_steps=3",
             "trainer.val_check_interval=2",
+            "trainer.log_every_n_steps=1",
             "data.val_size=8",
             "data.batch_size=4",
             "data.source.size=5",

@@ -11,60 +11,33 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingW
 
 import medr1.logprobs as logprobs_module
 from medr1.logprobs import completion_logprobs, token_scores
-from medr1.models.loading import load_model, load_processor
-from medr1.rollout import PreallocatedLayer, Sampler, SamplingConfig, greedy, preallocate, sample_completions
-from tests.helpers.batches import padded_batch
-from tests.helpers.config import compose_config
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_path, synthetic_splits):
-    """The tiny instruct model (it stops its completions) and three prompts of different lengths."""
-    cfg = compose_config([])
-    processor = load_processor(cfg.model, tiny_path)
-    model = load_model(cfg.model, tiny_path).eval()
-    return model, processor, padded_batch(processor, synthetic_splits.train)
-
-
-def _sample(model, processor, batch, sampling, *, seed=0, group=4, preallocate_cache=True):
-    sampler = Sampler.for_model(model, processor)
-    torch.manual_seed(seed)
-    return sample_completions(
-        model,
-        batch.model_inputs,
-        sampling,
-        num_generations=group,
-        stop_ids=sampler.stop_ids,
-        pad_id=sampler.pad_id,
-        banned_ids=sampler.banned_ids,
-        preallocate_cache=preallocate_cache,
-    )
-
+from medr1.rollout import PreallocatedLayer, Sampler, SamplingConfig, greedy, preallocate
+from tests.helpers.batches import sample_ids
 
 # --- sampling ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=40, temperature=1.5), greedy(40)])
-def test_preallocated_cache_samples_the_same_tokens(setup, sampling):
-    model, processor, batch = setup
-    ids, mask = _sample(model, processor, batch, sampling, preallocate_cache=True)
-    ids_grown, mask_grown = _sample(model, processor, batch, sampling, preallocate_cache=False)
+def test_preallocated_cache_samples_the_same_tokens(instruct_setup, sampling):
+    model, processor, batch = instruct_setup
+    ids, mask = sample_ids(model, processor, batch, sampling, kv_layout="preallocated")
+    ids_grown, mask_grown = sample_ids(model, processor, batch, sampling, kv_layout="growing")
     assert torch.equal(ids, ids_grown)
     assert torch.equal(mask, mask_grown)
     assert mask.sum() > 2 * ids.shape[0], "completions must be several tokens long for the test to bite"
 
 
-def test_early_stop_gives_the_tokens_of_a_run_to_the_longest_completion(setup):
+def test_early_stop_gives_the_tokens_of_a_run_to_the_longest_completion(instruct_setup):
     """Decoding stops when every row has stopped: the completions are as wide as the longest one, and a
     run asked for exactly that many tokens samples the same tokens with the same seed."""
-    model, processor, batch = setup
+    model, processor, batch = instruct_setup
     sampling = SamplingConfig(max_new_tokens=40)
-    ids, mask = _sample(model, processor, batch, sampling)
+    ids, mask = sample_ids(model, processor, batch, sampling)
     width = ids.shape[1]
     assert width < 40, "the tiny instruct model stops well before 40 tokens"
     assert mask[:, -1].any(), "the last column holds the longest completion's last token"
     assert mask.sum(1).max() == width
-    short_ids, short_mask = _sample(model, processor, batch, SamplingConfig(max_new_tokens=width))
+    short_ids, short_mask = sample_ids(model, processor, batch, SamplingConfig(max_new_tokens=width))
     assert torch.equal(ids, short_ids) and torch.equal(mask, short_mask)
 
 
@@ -129,10 +102,10 @@ def test_token_scores_equal_row_by_row_scores(monkeypatch, rows_elements):
     assert token_scores(logits, ids, with_entropy=False)[1] is None
 
 
-def test_scoring_the_longest_real_completion_equals_scoring_it_padded(setup):
+def test_scoring_the_longest_real_completion_equals_scoring_it_padded(instruct_setup):
     """Completions trimmed to the longest real one score the same as with padding columns after it."""
-    model, processor, batch = setup
-    ids, mask = _sample(model, processor, batch, SamplingConfig(max_new_tokens=40))
+    model, processor, batch = instruct_setup
+    ids, mask = sample_ids(model, processor, batch, SamplingConfig(max_new_tokens=40))
     pad = Sampler.for_model(model, processor).pad_id
     padded_ids = torch.cat([ids, torch.full((ids.shape[0], 9), pad)], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(mask.shape[0], 9, dtype=mask.dtype)], dim=1)
@@ -148,10 +121,12 @@ def test_scoring_the_longest_real_completion_equals_scoring_it_padded(setup):
     assert torch.allclose(trimmed.entropy[valid], padded.entropy[:, : ids.shape[1]][valid], atol=1e-5)
 
 
-def test_entropy_is_the_entropy_of_the_models_next_token_distribution(setup):
+def test_entropy_is_the_entropy_of_the_models_next_token_distribution(instruct_setup):
     """Against probabilities from one full-sequence forward (no shared prompt, softmax not log-softmax)."""
-    model, processor, batch = setup
-    ids, mask = _sample(model, processor, batch, SamplingConfig(max_new_tokens=12, temperature=2.0), group=1)
+    model, processor, batch = instruct_setup
+    ids, mask = sample_ids(
+        model, processor, batch, SamplingConfig(max_new_tokens=12, temperature=2.0), group=1
+    )
     with torch.no_grad():
         scores = completion_logprobs(
             model, batch.model_inputs, ids, mask, num_generations=1, with_entropy=True

@@ -168,3 +168,40 @@ def test_training_logs_strata_and_sentinels_to_csv(tmp_path):
             for metric in ("accuracy", "reward", "completion_length"):
                 weighted = sum(v[metric] * v["count"] for v in present.values()) / (batch * group)
                 assert weighted == pytest.approx(float(row[f"train/{metric}"]), abs=1e-5)
+
+
+def test_metrics_are_computed_only_on_the_steps_lightning_writes(tmp_path, monkeypatch):
+    """log_step skips the train/* metrics on steps whose logs Lightning would not write: metrics.csv is
+    the same as when every step logs them, row for row (every number of every stratum in the batch),
+    with rows at every 3rd step only."""
+    from medr1.rl.module import GRPOModule
+
+    def run(folder):
+        cfg = compose_config(
+            FAST + ["trainer.max_steps=7", "trainer.val_check_interval=100", "trainer.log_every_n_steps=3"],
+            folder,
+        )
+        train(cfg)
+        return [row for row in read_metrics(folder) if row.get("train/accuracy")]
+
+    skipping = run(tmp_path / "skipping")
+    calls = []
+    original = GRPOModule._logs_written_this_step
+
+    def always(self):
+        calls.append(original(self))
+        return True
+
+    monkeypatch.setattr(GRPOModule, "_logs_written_this_step", always)
+    every_step = run(tmp_path / "every_step")
+    assert calls == [False, False, True, False, False, True, False]  # the 3rd and the 6th batch
+    assert [row["step"] for row in skipping] == ["2", "5"]  # Lightning's step column counts from 0
+    assert len(skipping[0]) > 40  # the per-stratum telemetry is there
+    assert [present(row) for row in skipping] == [present(row) for row in every_step]
+
+
+def present(row: dict) -> dict:
+    """A metrics.csv row without the marks of a stratum absent from the step's batch (blank, NaN, count
+    0): a stratum seen only in a skipped step has no column yet, where logging every step wrote NaN."""
+    absent = ("", "nan", None)
+    return {k: v for k, v in row.items() if v not in absent and not (k.endswith("/count") and v == "0.0")}

@@ -1,5 +1,5 @@
 """The shared-prompt design against the usual way, on the benchmark's checkpoint, prompts and images:
-1. rollout: `Sampler.complete` (prefill once, expand the KV cache G ways) vs `model.generate` with every
+1. rollout: `Sampler.complete` (prefill once, one copy of each prompt's keys and values) vs `model.generate` with every
    prompt (images included) repeated G times, as `num_return_sequences=G` does; greedy on both sides,
    no stop token (random weights: both generate the full length), so the tokens must be identical;
 2. training forward + backward: `completion_logprobs(shared_prompt=True)` vs the prompt repeated G

@@ -5,8 +5,9 @@ tokens a completion must never contain, and whether the prompt can be shared by 
   `get_rope_index` gives the prompt's 3-D position ids [3, B, P] and its rope delta; a text token
   after the prompt takes its text position + the delta on all three sections. Decoding by hand
   needs these explicitly (transformers' fallback computes them over the mask). These families take
-  the shared-prompt path: one prefill per prompt, KV cache expanded G ways (medr1.rollout,
-  medr1.logprobs).
+  the shared-prompt path: one prefill per prompt for its G completions, decoded with shared-prefix
+  attention (medr1.rollout, medr1.shared_prefix) and scored on the KV cache expanded G ways
+  (medr1.logprobs).
 - **Any other `AutoModelForImageTextToText` model** (LLaVA, SmolVLM, ...): the generic path. Rollout
   repeats each prompt G times and calls `generate()`; scoring runs prompt + completion in one
   forward. Position ids are 1-D, counted over the attention mask (as `generate()` counts them for

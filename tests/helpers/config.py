@@ -22,6 +22,7 @@ FAST = [
     "algo.num_generations=4",
     "eval.before_training=false",
     "checkpoint.every_n_steps=2",
+    "trainer.log_every_n_steps=1",  # every step's metrics in metrics.csv (the CPU budget writes every 10th)
 ]
 
 # run.py jobs at the smallest size that still trains and evaluates (sweeps, launchers); add trainer.max_steps
@@ -36,6 +37,7 @@ TINY_RUN = [
     "eval.before_training=false",
     "trainer.enable_progress_bar=false",
     "checkpoint.every_n_steps=100",
+    "trainer.log_every_n_steps=1",
 ]
 
 
