@@ -55,6 +55,52 @@ def test_ddp_grpo_on_two_cpu_processes(tmp_path):
     assert len([r for r in rows if r.get("train/reward")]) == 3
 
 
+def test_ddp_dynamic_sampling_keeps_the_ranks_in_step(tmp_path):
+    """algo.dynamic_sampling on 2 DDP ranks: each rank drops its flat groups and draws more prompts, the
+    ranks agree (all-gather) on how many rounds to run and how many prompts to train on, and the run
+    ends with every optimiser step taken and the drops logged (the tiny instruct model starts with
+    about a quarter of its groups flat)."""
+    run_dir = tmp_path / "ddp_dynamic"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=100",
+            "trainer.log_every_n_steps=1",
+            "data.val_size=4",
+            "data.batch_size=4",
+            "data.source.size=10",
+            "algo.num_generations=4",
+            "algo.max_completion_length=24",
+            "algo.dynamic_sampling=true",
+            "algo.max_resample=2",
+            "eval.before_training=false",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    dropped = [float(r["train/dropped_groups"]) for r in rows if r.get("train/dropped_groups")]
+    rounds = [float(r["train/resample_rounds"]) for r in rows if r.get("train/resample_rounds")]
+    assert len(dropped) == len(rounds) >= 4
+    assert sum(dropped) > 0, "no flat group in 4 steps: the test would not exercise the drop"
+    assert all(0 <= r <= 2 for r in rounds)
+    assert json.loads((run_dir / "eval" / "summary.json").read_text())["n"] > 0
+
+
 def test_ddp_micro_batches_all_reduce_once_and_give_the_whole_batch_update(tmp_path, tiny_path):
     """2 ranks x 4 prompts, one SGD step (lr 1, no clipping): the weight change is exactly -gradient.
     In micro-batches of 2 prompts the first backward accumulates locally (no_sync) and only the last
