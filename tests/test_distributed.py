@@ -5,47 +5,44 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers.config import REPO, compose_config
+from tests.helpers.config import compose_config, run_py
+
+# `python run.py` on 2 gloo processes, fp32, CSV logs, no evaluation before training
+DDP_CPU = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "logger=csv",
+    "eval.before_training=false",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def run_ddp(run_dir, *overrides: str) -> None:
+    """A DDP run of run.py in `run_dir` with `overrides`; asserts it exits 0."""
+    run_py([*DDP_CPU, f"hydra.run.dir={run_dir}", *overrides], timeout=600)
 
 
 def test_ddp_grpo_on_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.precision=32-true",
-            "logger=csv",
-            f"hydra.run.dir={run_dir}",
-            "trainer.max_steps=3",
-            "trainer.val_check_interval=2",
-            "trainer.log_every_n_steps=1",
-            "data.val_size=8",
-            "data.batch_size=4",
-            "data.source.size=5",
-            "algo.num_generations=4",
-            "eval.before_training=false",
-            "trainer.enable_progress_bar=false",
-            # a callback monitoring a validation metric needs it on every rank, not only on rank zero
-            "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/accuracy,mode:max,patience:5}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
+    run_ddp(
+        run_dir,
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "data.val_size=8",
+        "data.batch_size=4",
+        "data.source.size=5",
+        "algo.num_generations=4",
+        # a callback monitoring a validation metric needs it on every rank, not only on rank zero
+        "+callbacks.stop={_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/accuracy,mode:max,patience:5}",
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert summary["n"] == len((run_dir / "eval" / "predictions.jsonl").read_text().splitlines()) == 40
     with open(run_dir / "metrics.csv") as f:
@@ -61,36 +58,19 @@ def test_ddp_dynamic_sampling_keeps_the_ranks_in_step(tmp_path):
     ends with every optimiser step taken and the drops logged (the tiny instruct model starts with
     about a quarter of its groups flat)."""
     run_dir = tmp_path / "ddp_dynamic"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.precision=32-true",
-            "logger=csv",
-            f"hydra.run.dir={run_dir}",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=100",
-            "trainer.log_every_n_steps=1",
-            "data.val_size=4",
-            "data.batch_size=4",
-            "data.source.size=10",
-            "algo.num_generations=4",
-            "algo.max_completion_length=24",
-            "algo.dynamic_sampling=true",
-            "algo.max_resample=2",
-            "eval.before_training=false",
-            "trainer.enable_progress_bar=false",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
+    run_ddp(
+        run_dir,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=1",
+        "data.val_size=4",
+        "data.batch_size=4",
+        "data.source.size=10",
+        "algo.num_generations=4",
+        "algo.max_completion_length=24",
+        "algo.dynamic_sampling=true",
+        "algo.max_resample=2",
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     dropped = [float(r["train/dropped_groups"]) for r in rows if r.get("train/dropped_groups")]
@@ -110,39 +90,22 @@ def test_ddp_micro_batches_all_reduce_once_and_give_the_whole_batch_update(tmp_p
     finals, counts = {}, {}
     for micro in (0, 2):
         run_dir, probe = tmp_path / f"micro{micro}", tmp_path / f"probe{micro}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "run.py",
-                "trainer=ddp",
-                "trainer.accelerator=cpu",
-                "trainer.devices=2",
-                "trainer.precision=32-true",
-                "logger=csv",
-                f"hydra.run.dir={run_dir}",
-                "trainer.max_steps=1",
-                "data.batch_size=4",
-                "data.source.size=5",
-                "algo.num_generations=4",
-                f"algo.micro_batch_size={micro}",
-                "algo.beta=0",
-                "algo.max_grad_norm=0",
-                "algo.optimizer._target_=torch.optim.SGD",
-                "~algo.optimizer.betas",
-                "~algo.optimizer.eps",
-                "algo.optimizer.lr=1.0",
-                "eval.before_training=false",
-                "trainer.enable_progress_bar=false",
-                "+callbacks.probe._target_=tests.helpers.ddp_probe.CountGradientAllReduces",
-                f"+callbacks.probe.out={probe}",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-            timeout=600,
+        run_ddp(
+            run_dir,
+            "trainer.max_steps=1",
+            "data.batch_size=4",
+            "data.source.size=5",
+            "algo.num_generations=4",
+            f"algo.micro_batch_size={micro}",
+            "algo.beta=0",
+            "algo.max_grad_norm=0",
+            "algo.optimizer._target_=torch.optim.SGD",
+            "~algo.optimizer.betas",
+            "~algo.optimizer.eps",
+            "algo.optimizer.lr=1.0",
+            "+callbacks.probe._target_=tests.helpers.ddp_probe.CountGradientAllReduces",
+            f"+callbacks.probe.out={probe}",
         )
-        assert result.returncode == 0, result.stderr[-4000:]
         finals[micro] = load_file(run_dir / "checkpoints" / "final" / "model.safetensors")
         counts[micro] = [
             json.loads((probe / f"rank{r}.json").read_text())["bucket_all_reduces"] for r in (0, 1)
@@ -164,33 +127,18 @@ def test_ddp_resume_restores_every_rank_s_random_state(tmp_path):
     from safetensors.torch import load_file
 
     common = [
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.precision=32-true",
-        "logger=csv",
         "trainer.max_steps=2",
         "data.batch_size=2",
         "data.source.size=5",
         "algo.num_generations=4",
         "algo.beta=0",
         "algo.optimizer.lr=1e-3",
-        "eval.before_training=false",
-        "trainer.enable_progress_bar=false",
         "checkpoint.every_n_steps=1",
         "checkpoint.keep_all=true",
     ]
 
     def run(run_dir, *extra):
-        result = subprocess.run(
-            [sys.executable, "run.py", *common, f"hydra.run.dir={run_dir}", *extra],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
+        run_ddp(run_dir, *common, *extra)
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(straight)
