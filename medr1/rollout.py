@@ -110,8 +110,7 @@ class PreallocatedLayer(BufferedLayer):
 
     def __init__(self, layer: DynamicLayer, extra: int):
         super().__init__()
-        length = layer.keys.shape[-2]
-        self._allocate(layer, layer.keys.shape[0], length + extra)
+        self._allocate(layer, layer.keys.shape[0], layer.keys.shape[-2] + extra)
         self.update(layer.keys, layer.values)
 
 
@@ -182,8 +181,9 @@ def sample_completions(
             preallocate(cache, room)
     logits = output.logits[:, -1].repeat_interleave(num_generations, 0)
     next_position = next_position.repeat_interleave(num_generations, 0)
-    attention_mask = prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
-    n = attention_mask.shape[0]
+    # the shared-prefix layers hold the prompt mask, and completions need none beyond causality
+    attention_mask = None if shared else prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
+    n = logits.shape[0]
     banned = torch.tensor(banned_ids or [], dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
@@ -197,11 +197,11 @@ def sample_completions(
             finished = finished | torch.isin(token, stops)
             if finished.all() or step == cfg.max_new_tokens - 1:
                 break
-            if not shared:  # the shared-prefix layers hold the prompt mask; completions need none
+            if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
             output = model(
                 input_ids=token[:, None],
-                attention_mask=None if shared else attention_mask,
+                attention_mask=attention_mask,
                 cache=cache,
                 position_ids=family.text_positions(next_position, step, 1),
                 use_cache=True,

@@ -43,7 +43,7 @@ from transformers.cache_utils import DynamicLayer
 from medr1.models.families import unwrap
 
 NAME = "medr1_shared_prefix"
-SCORES_ELEMENTS = 1 << 24  # attention scores held at once per part (64 MB in float32)
+SCORES_ELEMENTS = 1 << 24  # attention scores held at once per chunk of queries (64 MB in float32)
 
 
 def plain_filled_layers(cache) -> list | None:
@@ -97,7 +97,6 @@ class SharedPrefixLayer(BufferedLayer):
         self.prefix_bias = torch.zeros(prompt_mask.shape, device=self.device).masked_fill(
             ~prompt_mask.to(self.device).bool(), float("-inf")
         )[:, None, None, None, :]
-        self.groups = groups
 
     def get_seq_length(self) -> int:
         return self.prefix_length + self.length
@@ -128,7 +127,17 @@ def _text_attention_configs(model) -> list:
     return list(configs.values())
 
 
-_active: list = []  # the shared-prefix cache of the innermost `shared_prefix_attention` block
+_active: list = []  # the shared-prefix cache of the innermost `active` block
+
+
+@contextmanager
+def active(cache):
+    """Make `cache` the one `attention` reads its layers' prompt parts from, inside the block."""
+    _active.append(cache)
+    try:
+        yield
+    finally:
+        _active.pop()
 
 
 @contextmanager
@@ -142,11 +151,10 @@ def shared_prefix_attention(model, cache):
     saved = [config._attn_implementation for config in configs]
     for config in configs:
         config._attn_implementation = NAME
-    _active.append(cache)
     try:
-        yield
+        with active(cache):
+            yield
     finally:
-        _active.pop()
         for config, implementation in zip(configs, saved, strict=True):
             config._attn_implementation = implementation
 

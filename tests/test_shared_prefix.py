@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from medr1.rollout import SamplingConfig, greedy
-from medr1.shared_prefix import NAME, SharedPrefixLayer, attention, share_prefix, shared_prefix_attention
+from medr1.shared_prefix import (
+    NAME,
+    SharedPrefixLayer,
+    active,
+    attention,
+    share_prefix,
+    shared_prefix_attention,
+)
 from tests.helpers.batches import padded_batch, sample_ids
 
 
@@ -37,11 +44,9 @@ def test_attention_matches_sdpa_over_the_expanded_cache(queries, dtype, toleranc
     keys, values = torch.randn(prompts, kv_heads, length, dim), torch.randn(prompts, kv_heads, length, dim)
     prompt_mask = torch.ones(prompts, length, dtype=torch.long)
     prompt_mask[1, :2] = 0  # the second prompt is two tokens shorter (left padding)
-    layer = SharedPrefixLayer(_layer(keys, values), prompt_mask, groups, room=done + queries)
     rows = prompts * groups
-    own_keys, own_values = layer.update(
-        torch.randn(rows, kv_heads, done + queries, dim), torch.randn(rows, kv_heads, done + queries, dim)
-    )
+    own_keys = torch.randn(rows, kv_heads, done + queries, dim)
+    own_values = torch.randn(rows, kv_heads, done + queries, dim)
     query = torch.randn(rows, heads, queries, dim)
 
     class Module:
@@ -51,7 +56,7 @@ def test_attention_matches_sdpa_over_the_expanded_cache(queries, dtype, toleranc
         _layer(keys.to(dtype), values.to(dtype)), prompt_mask, groups, room=done + queries
     )
     low.update(own_keys.to(dtype), own_values.to(dtype))
-    with shared_prefix_attention_for(_Cache([low])):
+    with active(_Cache([low])):
         out, _ = attention(Module(), query.to(dtype), low.keys, low.values, scaling=dim**-0.5)
     assert out.dtype == dtype
     out = out.float()
@@ -75,23 +80,6 @@ def test_attention_matches_sdpa_over_the_expanded_cache(queries, dtype, toleranc
     allowed[groups:, :, :, :length] = True
     unmasked = F.scaled_dot_product_attention(query, full_keys, full_values, attn_mask=allowed)
     assert not torch.allclose(unmasked.transpose(1, 2)[groups:], out[groups:], atol=1e-3)
-
-
-class shared_prefix_attention_for:
-    """`shared_prefix_attention` without a model: only the active cache (the attention test above)."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def __enter__(self):
-        from medr1 import shared_prefix
-
-        shared_prefix._active.append(self.cache)
-
-    def __exit__(self, *exc):
-        from medr1 import shared_prefix
-
-        shared_prefix._active.pop()
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=40, temperature=1.5), greedy(40)])
