@@ -2,7 +2,8 @@
 
 `completion_logprobs` (shared_prompt=True) runs B prompts with grad, expands the KV cache G ways and
 scores the G completions on it, so all G gradients flow back into one prompt pass.
-`completion_logprobs(shared_prompt=False)` is the plain reference: each prompt repeated G times in
+`prefill_prompts` is that prompt pass on its own (`PromptPrefill`): a training rollout samples from it
+and the update scores on it, one pass where there were two. `completion_logprobs(shared_prompt=False)` is the plain reference: each prompt repeated G times in
 one full-sequence forward (what TRL does); the tests check both give the same log-probs. Prompts and
 their images are sliced (`select_prompts`) and repeated (`repeat_prompts`) here, patches included.
 """
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicCache
 
 from medr1.data.batches import PromptBatch
 from medr1.models.families import family_of, unwrap
+from medr1.shared_prefix import plain_filled_layers
 
 ROWS_ELEMENTS = 1 << 22  # log-softmax over at most this many logits at once (16 MB in float32)
 
@@ -110,9 +113,42 @@ def repeat_prompts(prompt_inputs: dict, num_generations: int, images_per_prompt:
 
 
 @dataclass
+class PromptPrefill:
+    """B prompts' forward pass (images included) and its KV cache: what a rollout samples from and,
+    when it ran with grad, what the update scores on (medr1.rl.module)."""
+
+    logits: torch.Tensor  # [B, 1, V] predicting each prompt's first completion token
+    cache: Cache  # the prompts' keys and values, as the model returned them
+    next_position: torch.Tensor  # the position ids that follow each prompt (medr1.models.families)
+
+    def detached(self) -> PromptPrefill | None:
+        """A copy without grad for decoding to extend (a fresh cache, so this one stays the prompts'
+        for scoring); None when the cache is not made of plain dynamic layers."""
+        layers = plain_filled_layers(self.cache)
+        if layers is None:
+            return None
+        cache = DynamicCache(
+            ddp_cache_data=[(layer.keys.detach(), layer.values.detach()) for layer in layers]
+        )
+        return PromptPrefill(self.logits.detach(), cache, self.next_position)
+
+
+def prefill_prompts(model, prompt_inputs: dict) -> PromptPrefill:
+    """Run B prompts once, keeping the cache (grad flows if enabled)."""
+    positions, next_position = family_of(model).prompt_positions(model, prompt_inputs)
+    output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return PromptPrefill(output.logits[:, -1:], output.cache, next_position)
+
+
+@dataclass
 class CompletionScores:
     logprobs: torch.Tensor  # [N, T] log p of each completion token
     entropy: torch.Tensor | None  # [N, T] next-token entropy (no grad), when asked for
+
+
+def checkpointed(model) -> bool:
+    """Whether the model recomputes activations in backward (and so cannot keep a KV cache)."""
+    return bool(getattr(unwrap(model), "is_activation_checkpointing", False))
 
 
 def completion_logprobs(
@@ -125,20 +161,27 @@ def completion_logprobs(
     shared_prompt: bool = True,
     images_per_prompt: torch.Tensor | None = None,
     with_entropy: bool = False,
+    prefill: PromptPrefill | None = None,
 ) -> CompletionScores:
     """Per-token log-probs [B*G, T] of completions under `model` (grad flows if enabled).
+
+    `prefill`: these prompts' pass under the same weights (`prefill_prompts`), scored on instead of
+    running the prompts again; the shared-prompt path only.
 
     Gradient checkpointing cannot keep a KV cache, so a checkpointed model in training scores the
     full sequences instead (same values, the prompt's cost paid G times); so does every model family
     outside the shared-prompt path (medr1.models.families).
     """
-    checkpointed = getattr(unwrap(model), "is_activation_checkpointing", False)
-    if shared_prompt and model.training and torch.is_grad_enabled() and checkpointed:
+    if shared_prompt and model.training and torch.is_grad_enabled() and checkpointed(model):
         shared_prompt = False
     if not family_of(model).shared_prompt:
         shared_prompt = False
+    if prefill is not None and not shared_prompt:
+        raise ValueError("a prompt prefill is scored on by the shared-prompt path only")
     if shared_prompt:
-        logits = _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations)
+        logits = _logits_shared_prompt(
+            model, prompt_inputs, completion_ids, completion_mask, num_generations, prefill
+        )
     else:
         repeated = repeat_prompts(prompt_inputs, num_generations, images_per_prompt)
         logits = _logits_full_sequence(model, repeated, completion_ids, completion_mask)
@@ -146,17 +189,20 @@ def completion_logprobs(
     return CompletionScores(logprobs=logprobs, entropy=entropy)
 
 
-def _logits_shared_prompt(model, prompt_inputs, completion_ids, completion_mask, num_generations):
-    """Logits [N, T, V] predicting each completion token; the prompt runs once per prompt."""
+def _logits_shared_prompt(
+    model, prompt_inputs, completion_ids, completion_mask, num_generations, prefill=None
+):
+    """Logits [N, T, V] predicting each completion token; the prompt runs once per prompt (or not at
+    all when its `prefill` is given)."""
     family = family_of(model)
-    positions, next_position = family.prompt_positions(model, prompt_inputs)
-    output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = output.logits[:, -1:].repeat_interleave(num_generations, 0)  # [N, 1, V]
+    if prefill is None:
+        prefill = prefill_prompts(model, prompt_inputs)
+    first = prefill.logits.repeat_interleave(num_generations, 0)  # [N, 1, V]
     if completion_ids.shape[1] == 1:
         return first
-    cache = output.cache
-    cache.batch_repeat_interleave(num_generations)
-    next_position = next_position.repeat_interleave(num_generations, 0)
+    cache = prefill.cache
+    cache.batch_repeat_interleave(num_generations)  # new tensors in the same cache: its last use
+    next_position = prefill.next_position.repeat_interleave(num_generations, 0)
     attention_mask = torch.cat(
         [prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0), completion_mask[:, :-1]],
         dim=1,

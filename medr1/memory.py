@@ -64,8 +64,9 @@ Terms (bytes):
 
 Phases. Gradients are freed (set_to_none) only when the next update starts, so a step's rollout and
 reference passes run with the previous step's gradients alive. Static = W + R + O (+ below):
-  rollout    = static + Gr + K + prefill working set + sampling
-  reference  = static + Gr + L*n*S*2*kvd*c + max(reference working set, Ls)  (also old log-probs;
+  rollout    = static + Gr + Ap + K + prefill working set + sampling      Ap: the prompt pass's part of A
+               when the update scores on the rollout's prefill (StepSizes.kept_prefill), else 0
+  reference  = static + Gr + Ap + L*n*S*2*kvd*c + max(reference working set, Ls)  (also old log-probs;
                without the shared prompt: no cache, a working set over n*S tokens + n*S*S*(1 + c) mask)
   policy     = static + Gr' + A + max(Kt + Lf, Lg, backward working set)      Gr' = Gr from a step's
                second backward pass on (micro-batches), else only the lm_head's gradient
@@ -269,6 +270,8 @@ class StepSizes:
     device: str = "cpu"  # cpu | cuda
     strategy: str = "single"  # single | ddp | fsdp | deepspeed
     world_size: int = 1
+    kept_prefill: bool = False  # the rollout's prompt pass runs with grad and the update scores on it
+    #                             (GRPOModule._prefill_reusable): its activations live from the rollout on
 
 
 @dataclass
@@ -349,6 +352,7 @@ class PolicyPass:
     kv_cache: int  # Kt: the expanded cache, alive until the logits are computed (shared prompt only)
     recomputed_layer: int  # checkpointing: one layer's activations, recomputed in backward
     backward_working_set: int  # gradients of one layer's MLP intermediates while it runs backward
+    prompt_activations: int = 0  # the part of A the prompt pass saves (shared prompt only)
 
 
 def policy_pass(
@@ -397,7 +401,14 @@ def policy_pass(
         vision = vision_bytes(shape, precision, b * step.image_patches, False)
     head += (b * prompt + n * completion) * norm_per_token
     cache = layers * n * total * 2 * shape.kv_dim * c
-    return PolicyPass(text + head + vision, cache, 0, n * completion * 2 * shape.intermediate * c)
+    prompt_pass = (
+        layers * b * prompt * (per_token + prompt_keys + prompt * prompt_pairs)
+        + b * prompt * norm_per_token
+        + vision
+    )
+    return PolicyPass(
+        text + head + vision, cache, 0, n * completion * 2 * shape.intermediate * c, prompt_pass
+    )
 
 
 def estimate_memory(
@@ -433,6 +444,8 @@ def estimate_memory(
     terms["kv_cache_training"] = policy.kv_cache
     terms["recomputed_layer"] = policy.recomputed_layer
     terms["backward_working_set"] = policy.backward_working_set
+    if step.kept_prefill:
+        terms["kept_prompt_activations"] = policy.prompt_activations
     terms["logits_training"] = 8 * vocab_cells
     terms["logits_training_forward"] = 2 * vocab_cells * c
 
@@ -492,10 +505,19 @@ def phases_of(terms: dict[str, int], counts: ParameterCounts, step: StepSizes, w
 
     phases: dict[str, dict[str, int]] = {}
     if step.algo == "grpo":
-        phases["rollout"] = phase("gradients", "kv_cache_rollout", "prefill_working_set", "sampling_buffers")
+        phases["rollout"] = phase(
+            "gradients",
+            "kept_prompt_activations",
+            "kv_cache_rollout",
+            "prefill_working_set",
+            "sampling_buffers",
+        )
         if "logits_scoring" in terms:  # the completion forward's layers, then its logits
             phases["reference"] = phase(
-                "gradients", "kv_cache_scoring", largest("scoring_working_set", "logits_scoring")
+                "gradients",
+                "kept_prompt_activations",
+                "kv_cache_scoring",
+                largest("scoring_working_set", "logits_scoring"),
             )
     if step.checkpointing:  # backward starts with the logits' gradients, then recomputes layer by layer
         recompute = terms["recomputed_layer"] + terms["backward_working_set"]

@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from medr1.data.batches import PromptBatch
-from medr1.logprobs import repeat_prompts
+from medr1.logprobs import PromptPrefill, prefill_prompts, repeat_prompts
 from medr1.models.families import family_of, placeholder_tokens, unwrap
 from medr1.shared_prefix import BufferedLayer, plain_filled_layers, share_prefix, shared_prefix_attention
 
@@ -139,6 +139,7 @@ def sample_completions(
     banned_ids: list[int] | None = None,
     images_per_prompt: torch.Tensor | None = None,
     kv_layout: str = "shared",
+    prefill: PromptPrefill | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions per prompt; returns ids and mask, both [B*G, T].
 
@@ -149,7 +150,9 @@ def sample_completions(
     "shared" keeps one copy of each prompt's keys and values for its G rows (medr1.shared_prefix);
     "preallocated" expands the cache G ways into buffers filled in place; "growing" is the model's own
     expanded, concatenating cache. All three sample the same tokens (tests/test_shared_prefix.py,
-    tests/test_speed.py); the last two are there to check exactly that.
+    tests/test_speed.py); the last two are there to check exactly that. `prefill`: these prompts'
+    pass under this model (`medr1.logprobs.prefill_prompts`), used instead of running them here; its
+    cache is extended in place (pass `PromptPrefill.detached()` to keep the original for scoring).
     """
     if kv_layout not in KV_LAYOUTS:
         raise ValueError(f"kv_layout={kv_layout!r}: expected one of {KV_LAYOUTS}")
@@ -166,9 +169,9 @@ def sample_completions(
             images_per_prompt=images_per_prompt,
         )
     device = prompt_inputs["input_ids"].device
-    positions, next_position = family.prompt_positions(model, prompt_inputs)
-    output = model(**prompt_inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = output.cache
+    if prefill is None:
+        prefill = prefill_prompts(model, prompt_inputs)
+    cache, next_position = prefill.cache, prefill.next_position
     room = cfg.max_new_tokens - 1  # the last sampled token is never fed back
     shared = (
         kv_layout == "shared"
@@ -179,7 +182,7 @@ def sample_completions(
             cache.batch_repeat_interleave(num_generations)
         if kv_layout != "growing":
             preallocate(cache, room)
-    logits = output.logits[:, -1].repeat_interleave(num_generations, 0)
+    logits = prefill.logits[:, -1].repeat_interleave(num_generations, 0)
     next_position = next_position.repeat_interleave(num_generations, 0)
     # the shared-prefix layers hold the prompt mask, and completions need none beyond causality
     attention_mask = None if shared else prompt_inputs["attention_mask"].repeat_interleave(num_generations, 0)
@@ -268,9 +271,10 @@ class Sampler:
         sampling: SamplingConfig,
         num_generations: int = 1,
         kv_layout: str = "shared",
+        prefill: PromptPrefill | None = None,
     ):
-        """(completion ids [B*G, T], mask [B*G, T], decoded texts [B*G]); `kv_layout` as in
-        `sample_completions`."""
+        """(completion ids [B*G, T], mask [B*G, T], decoded texts [B*G]); `kv_layout` and `prefill` as
+        in `sample_completions`."""
         ids, mask = sample_completions(
             model,
             batch.model_inputs,
@@ -281,6 +285,7 @@ class Sampler:
             banned_ids=self.banned_ids,
             images_per_prompt=batch.images_per_prompt,
             kv_layout=kv_layout,
+            prefill=prefill,
         )
         return ids, mask, self.decode(ids, mask)
 

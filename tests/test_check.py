@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from medr1.check import check
 from medr1.check.settings import parameter_counts
 from medr1.data.batches import PromptCollator
-from medr1.logprobs import completion_logprobs
-from medr1.memory import ModelShape, Precision, StepSizes, count_parameters, policy_pass
+from medr1.logprobs import completion_logprobs, prefill_prompts
+from medr1.memory import ModelShape, Precision, StepSizes, count_parameters, estimate_memory, policy_pass
 from medr1.models.loading import load_model, load_processor
 from medr1.models.tuning import apply_tuning
 from tests.helpers.config import REPO, compose_config
@@ -264,24 +264,18 @@ def test_the_activation_formula_matches_what_autograd_saves(
     shape = ModelShape.from_config(model.config if tuning == "full" else model.base_model.model.config)
     vocab = shape.vocab
     ids = torch.randint(20, vocab, (len(records) * group, length))
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with context, torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        completion_logprobs(
+    with context:
+        saved = saved_bytes(
             model,
-            batch.model_inputs,
-            ids,
-            torch.ones_like(ids),
-            num_generations=group,
-            images_per_prompt=batch.images_per_prompt,
+            lambda: completion_logprobs(
+                model,
+                batch.model_inputs,
+                ids,
+                torch.ones_like(ids),
+                num_generations=group,
+                images_per_prompt=batch.images_per_prompt,
+            ),
         )
     counts = count_parameters(model, lora_dropout=float(cfg.tuning.get("dropout") or 0.0))
     precision = Precision(weight=4, compute=2 if autocast else 4, reference=4, autocast=autocast)
@@ -295,7 +289,57 @@ def test_the_activation_formula_matches_what_autograd_saves(
     )
     formula = policy_pass(shape, counts, precision, step).activations + len(ids) * length * vocab * 4
     formula += counts.matmul_weights * 2 if autocast else 0  # autocast's bf16 weight copies
-    assert abs(formula / sum(saved.values()) - 1) < tolerance
+    assert abs(formula / saved - 1) < tolerance
+
+
+def saved_bytes(model, run) -> int:
+    """The bytes autograd keeps for backward while `run()` runs: saved tensors, each storage once,
+    the model's parameters aside."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        run()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize(("model", "resize"), [("tiny", None), ("tiny", 392)])
+def test_the_kept_prompt_pass_formula_matches_what_autograd_saves(synthetic_splits, model, resize):
+    """A rollout whose prompt pass the update scores on keeps that pass's activations from the rollout
+    on (StepSizes.kept_prefill): the formula's prompt part against what autograd saves in it, and the
+    rollout and reference phases carry it while the policy phase does not change."""
+    from medr1.models.checkpoints import resolve_model_path
+
+    cfg = compose_config([f"model={model}"])
+    path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
+    processor = load_processor(cfg.model, path)
+    model = load_model(cfg.model, path).train()
+    records = list({r.question_type: r for r in synthetic_splits.train}.values())[:3]
+    batch = PromptCollator(processor, "think", resize=resize)(records)
+    saved = saved_bytes(model, lambda: prefill_prompts(model, batch.model_inputs))
+    shape, counts = ModelShape.from_config(model.config), count_parameters(model)
+    precision = Precision(weight=4, compute=4, reference=4, autocast=False)
+    sizes = dict(
+        prompts=3,
+        generations=4,
+        micro_prompts=3,
+        prompt_tokens=batch.model_inputs["input_ids"].shape[1],
+        completion_tokens=24,
+        image_patches=int(batch.model_inputs["image_grid_thw"].prod(-1).max()),
+    )
+    prompt_part = policy_pass(shape, counts, precision, StepSizes(**sizes)).prompt_activations
+    assert abs(prompt_part / saved - 1) < 0.05
+    kept = estimate_memory(shape, counts, precision, StepSizes(**sizes, kept_prefill=True)).phases
+    plain = estimate_memory(shape, counts, precision, StepSizes(**sizes)).phases
+    for phase in ("rollout", "reference"):
+        assert sum(kept[phase].values()) - sum(plain[phase].values()) == prompt_part
+    assert kept["policy"] == plain["policy"]
 
 
 # --- the estimate against the measured peak --------------------------------------------------------

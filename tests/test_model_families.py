@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText
 
 from medr1.data.batches import PromptCollator
 from medr1.evaluate import evaluate
-from medr1.logprobs import completion_logprobs
+from medr1.logprobs import completion_logprobs, prefill_prompts
 from medr1.models.checkpoints import resolve_model_path
 from medr1.models.families import family_of
 from medr1.models.loading import load_model, load_processor
@@ -116,6 +116,50 @@ def test_sampled_group_scores_and_gradients_match_the_repeated_prompt_reference(
     assert torch.allclose(results[0][valid], results[1][valid], atol=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
     assert grads[0].norm() > 0
+
+
+def test_a_kept_prompt_pass_samples_and_scores_as_running_the_prompts_again(family_setup):
+    """A training rollout runs the prompts once with grad (prefill_prompts), samples from a detached copy
+    and the update scores on the kept pass (medr1.rl.module): the tokens, log-probs and gradients are
+    those of sampling and scoring that run the prompts themselves, and sampling leaves the kept cache as
+    it was. The generic path (generate() runs its own prompts) refuses a kept pass."""
+    name, model, processor, batch = family_setup
+    if not SHARED_PROMPT[FAMILIES[name]]:
+        ids = torch.full((3, 2), 5)
+        with pytest.raises(ValueError, match="shared-prompt path only"):
+            completion_logprobs(
+                model,
+                batch.model_inputs,
+                ids,
+                torch.ones_like(ids),
+                num_generations=1,
+                prefill=prefill_prompts(model, batch.model_inputs),
+            )
+        return
+    sampler = Sampler.for_model(model, processor)
+    sampling, group = SamplingConfig(max_new_tokens=10, temperature=1.5), 3
+    torch.manual_seed(0)
+    ids, mask, _ = sampler.complete(model, batch, sampling, group)
+    kept = prefill_prompts(model, batch.model_inputs)
+    assert kept.logits.requires_grad
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in kept.cache.layers]
+    torch.manual_seed(0)
+    kept_ids, kept_mask, _ = sampler.complete(model, batch, sampling, group, prefill=kept.detached())
+    assert torch.equal(kept_ids, ids) and torch.equal(kept_mask, mask)
+    for (keys, values), layer in zip(before, kept.cache.layers, strict=True):
+        assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+    results, grads = [], []
+    for prefill in (kept, None):
+        model.zero_grad()
+        scores = completion_logprobs(
+            model, batch.model_inputs, ids, mask, num_generations=group, prefill=prefill
+        )
+        (scores.logprobs * mask).sum().backward()
+        results.append(scores.logprobs.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad()
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(grads[0], grads[1]) and grads[0].norm() > 0
 
 
 def test_every_trainable_parameter_gets_a_gradient_under_full_tuning(family_setup):

@@ -1,18 +1,23 @@
 """The demo's speed-ups change no numbers: sampling into a preallocated KV cache gives the tokens the
 growing cache gives, stopping when every row has stopped gives the tokens a longer run gives, scoring
-only up to the longest real completion gives the log-probs of a padded one, and the log-probs and
-entropy read from one log-softmax per row chunk equal the row-by-row ones (docs/speed.md)."""
+only up to the longest real completion gives the log-probs of a padded one, the log-probs and
+entropy read from one log-softmax per row chunk equal the row-by-row ones, and the update scoring on
+the rollout's prompt pass trains exactly as running the prompts again (docs/speed.md)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers import Qwen2VLForConditionalGeneration
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 import medr1.logprobs as logprobs_module
 from medr1.logprobs import completion_logprobs, token_scores
+from medr1.rl.module import GRPOModule
 from medr1.rollout import PreallocatedLayer, Sampler, SamplingConfig, greedy, preallocate
+from medr1.train import train
 from tests.helpers.batches import sample_ids
+from tests.helpers.config import FAST, compose_config
 
 # --- sampling ----------------------------------------------------------------------------------
 
@@ -137,3 +142,68 @@ def test_entropy_is_the_entropy_of_the_models_next_token_distribution(instruct_s
     valid = mask.bool()
     assert torch.allclose(scores.entropy[valid], expected[valid], atol=1e-4)
     assert scores.entropy[valid].max() > 0.1, "some uncertain tokens, so a zero entropy would fail"
+
+
+# --- the rollout's prompt pass, scored on by the update ---------------------------------------
+
+
+def _train_counting_image_forwards(run_dir, monkeypatch, reuse: bool) -> int:
+    """A 3-step GRPO run; returns how many forward calls (policy and reference) carried images."""
+    calls = [0]
+    forward = Qwen2VLForConditionalGeneration.forward
+
+    def counting(self, *args, **kwargs):
+        calls[0] += kwargs.get("pixel_values") is not None
+        return forward(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Qwen2VLForConditionalGeneration, "forward", counting)
+        if not reuse:  # the other real path: the update runs the prompts again
+            patch.setattr(GRPOModule, "_prefill_reusable", lambda self, batch: False)
+        train(compose_config(FAST, run_dir))
+    return calls[0]
+
+
+def test_scoring_on_the_rollouts_prompt_pass_trains_exactly_as_running_the_prompts_again(
+    tmp_path, monkeypatch
+):
+    """The update scores on the rollout's own prompt pass (kept with grad) instead of running the
+    prompts again: one image-carrying forward fewer per step, and the same metrics row for row and the
+    same weights bit for bit after 3 steps."""
+    reused = _train_counting_image_forwards(tmp_path / "reused", monkeypatch, reuse=True)
+    again = _train_counting_image_forwards(tmp_path / "again", monkeypatch, reuse=False)
+    assert again - reused == 3  # one per step
+    metrics = [(tmp_path / run / "metrics.csv").read_text() for run in ("reused", "again")]
+    assert metrics[0] == metrics[1] and "train/kl" in metrics[0]
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in ("reused", "again")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reusable"),
+    [
+        ([], True),
+        (["algo.micro_batch_size=3"], True),  # one backward pass over the 3 prompts
+        (["algo.micro_batch_size=2"], False),  # two: each would need its own slice of the graph
+        (["algo.num_iterations=2"], False),  # the second update's weights differ from the rollout's
+        (["algo.dynamic_sampling=true"], False),  # the kept prompts come from several rollouts
+        (["algo.shared_prompt_forward=false"], False),
+        (["model.gradient_checkpointing=true"], False),  # no cache under checkpointing
+        (["tuning=lora"], False),  # LoRA dropout 0.05: train-mode forwards differ from eval-mode ones
+        (["tuning=lora", "tuning.dropout=0"], True),
+    ],
+)
+def test_the_prompt_pass_is_reused_only_where_it_gives_the_same_numbers(overrides, reusable, instruct_setup):
+    from medr1.builders import build_datamodule, build_module, load_policy
+
+    cfg = compose_config([*FAST, *overrides])
+    policy = load_policy(cfg, train=True)
+    datamodule = build_datamodule(cfg, policy.processor)
+    module = build_module(cfg, policy, datamodule)
+    _, _, batch = instruct_setup
+    assert len(batch) == 3
+    assert module._prefill_reusable(batch) is reusable

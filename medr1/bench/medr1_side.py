@@ -4,7 +4,7 @@ The Hydra config is composed with the benchmark's overrides (medr1.bench.common.
 the same builders as medr1.train.train make the policy, datamodule, GRPOModule and Lightning Trainer,
 and `trainer.fit` runs warm-up + timed + FLOP-counted steps. Phases are timed by wrapping bound methods
 of the running instances (the names issue 14's contract keeps stable):
-rollout = module.sampler.complete, reference = module._reference_logprobs,
+rollout = module._sampled_rollout (the prompts' prefill, decoding and rewards), reference = module._reference_logprobs,
 optimizer = optimizer.step, policy = module.update minus optimizer.step.
 """
 
@@ -70,14 +70,14 @@ def run(settings: BenchSettings) -> dict:
 
     prompt_tokens: list[int] = []
 
-    def count_tokens(timer, result, args, kwargs):  # complete(model, batch, sampling, group)
-        timer.counts["completion_tokens"] += float(result[1].sum())
-        prompt_tokens.append(int(args[1].model_inputs["input_ids"].shape[1]))
+    def count_tokens(timer, result, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
+        timer.counts["completion_tokens"] += float(result.mask.sum())
+        prompt_tokens.append(int(args[0].model_inputs["input_ids"].shape[1]))
 
     def note_fault(timer, result, args, kwargs):
         faults.append(result[1])
 
-    timer.wrap(module.sampler, "complete", "rollout", on_result=count_tokens)
+    timer.wrap(module, "_sampled_rollout", "rollout", on_result=count_tokens)
     timer.wrap(module, "_reference_logprobs", "reference")
     timer.wrap(module, "update", "update", on_result=note_fault)
     timer.hook_model_calls(module.model)

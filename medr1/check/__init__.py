@@ -56,6 +56,7 @@ from medr1.check.timing import time_training, training_batches
 from medr1.memory import ModelShape, StepSizes, estimate_memory
 from medr1.models.checkpoints import resolve_model_path
 from medr1.models.loading import load_processor
+from medr1.rl.module import prefill_reusable
 from medr1.train import per_rank_batch_size
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,16 @@ def step_sizes(
         device=device,
         strategy=strategy,
         world_size=world,
+        kept_prefill=grpo
+        and prefill_reusable(
+            num_iterations=int(algo.get("num_iterations", 1) or 1),
+            one_backward_pass=not micro or micro >= prompts,
+            shared_prompt=bool(algo.get("shared_prompt_forward", True)) and shared_family,
+            dynamic_sampling=bool(algo.get("dynamic_sampling", False)),
+            checkpointing=bool(cfg.model.get("gradient_checkpointing")),
+            dropout=cfg.tuning.name == "lora" and float(cfg.tuning.get("dropout") or 0) > 0,
+            strategy=strategy,
+        ),
     )
 
 

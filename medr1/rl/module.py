@@ -3,7 +3,8 @@
 One `training_step` = one rollout: B prompts -> G sampled completions each (no grad) -> rewards ->
 group-normalised advantages -> `num_iterations` policy updates, each looping over micro-batches of
 prompts with `manual_backward`. Differences from Med-R1's trainer (TRL 0.14) that are deliberate:
-each prompt's images are encoded and prefilled once for its G completions (rollout and training);
+each prompt's images are encoded and prefilled once for its G completions (rollout and training; with
+one update per rollout the update scores on the rollout's own prefill, `_prefill_reusable`);
 vision special tokens cannot be sampled; the LoRA reference is the adapter-disabled policy.
 With `algo.dynamic_sampling` (DAPO) a step drops the groups whose rewards are all equal and samples
 fresh prompts in their place before the update (medr1.rl.dynamic_sampling).
@@ -19,14 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, SingleDeviceStrategy
 from torch import Tensor
 
 from medr1.data.batches import PromptBatch, load_image
 from medr1.data.image_files import image_format
 from medr1.errors import UserError
 from medr1.grading import grade
-from medr1.logprobs import CompletionScores, completion_logprobs, select_prompts
+from medr1.logprobs import (
+    CompletionScores,
+    PromptPrefill,
+    checkpointed,
+    completion_logprobs,
+    prefill_prompts,
+    select_prompts,
+)
+from medr1.models.families import family_of
 from medr1.rl.advantages import group_advantages, zero_variance_fraction
 from medr1.rl.dynamic_sampling import SampledGroups, draw_size, gather_kept, groups_with_signal
 from medr1.rl.loss import grpo_loss, masked_mean
@@ -128,6 +137,47 @@ class Rollout:
     spans: list[MicroBatch]  # prompts [start, stop) and loss weight, per backward pass
     ref_logprobs: list[Tensor | None]  # per span, [b*G, T]; None when beta == 0
     old_logprobs: list[Tensor] | None  # per span, only when num_iterations > 1
+    prefill: PromptPrefill | None = None  # the prompts' pass with grad, which the update scores on
+
+
+def prefill_reusable(
+    *,
+    num_iterations: int,
+    one_backward_pass: bool,
+    shared_prompt: bool,
+    dynamic_sampling: bool,
+    checkpointing: bool,
+    dropout: bool,
+    strategy: str,
+) -> bool:
+    """Whether the update may score on the rollout's own prompt pass (run with grad, kept) instead of
+    running the prompts again: the same numbers need the same weights (one update per rollout), no
+    dropout (sampling runs in eval mode) and no activation checkpointing (no cache); one backward pass
+    over all the prompts; the shared-prompt path; the loader's prompts (dynamic sampling assembles them
+    from several rollouts); and one device or DDP (`strategy` "single" | "ddp"), the strategies tested
+    with a graph that spans the rollout (DeepSpeed and FSDP gather and free weights around each
+    forward). GRPOModule and mode=check's memory estimate (StepSizes.kept_prefill) both ask here."""
+    return (
+        num_iterations == 1
+        and one_backward_pass
+        and shared_prompt
+        and not dynamic_sampling
+        and not checkpointing
+        and not dropout
+        and strategy in ("single", "ddp")
+    )
+
+
+def has_active_dropout(model) -> bool:
+    """Whether any dropout (a Dropout module or an attention's dropout rate) is above 0: then a forward in
+    train mode differs from one in eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        rate = getattr(module, "attention_dropout", 0.0)
+        if isinstance(rate, (int, float)) and rate > 0:
+            return True
+    return False
 
 
 def repeat_fields(fields: dict[str, list], times: int) -> dict[str, list]:
@@ -259,18 +309,44 @@ class GRPOModule(VQAModule):
     def rollout(self, batch: PromptBatch) -> Rollout:
         """G completions per prompt (sampled without dropout), their rewards and advantages, and the
         log-probs later updates compare against."""
-        rollout = self._sampled_rollout(batch)
+        rollout = self._sampled_rollout(batch, keep_prefill=self._prefill_reusable(batch))
         self._score_rollout(batch, rollout)
         return rollout
 
-    def _sampled_rollout(self, batch: PromptBatch) -> Rollout:
-        """The rollout's samples, rewards and advantages; no log-probs yet."""
+    def _sampled_rollout(self, batch: PromptBatch, keep_prefill: bool = False) -> Rollout:
+        """The rollout's samples, rewards and advantages; no log-probs yet. `keep_prefill`: run the
+        prompts with grad and keep that pass for the update to score on (`_prefill_reusable`)."""
         group = self.settings.num_generations
         self.model.eval()
-        ids, mask, texts = self.sampler.complete(self.model, batch, self.sampling, group)
+        kept = sampled_from = None
+        if keep_prefill:
+            with torch.enable_grad():
+                kept = prefill_prompts(self.model, batch.model_inputs)
+            sampled_from = kept.detached()
+            if sampled_from is None:  # a cache decoding cannot copy: sample from it, score anew
+                kept, sampled_from = None, kept
+        ids, mask, texts = self.sampler.complete(
+            self.model, batch, self.sampling, group, prefill=sampled_from
+        )
         self.model.train()
         rewards = self.reward(texts, **repeat_fields(batch.fields(), group))
-        return self._new_rollout(ids, mask, texts, rewards)
+        rollout = self._new_rollout(ids, mask, texts, rewards)
+        rollout.prefill = kept
+        return rollout
+
+    def _prefill_reusable(self, batch: PromptBatch) -> bool:
+        """Whether the update scores on the rollout's own prompt pass (`prefill_reusable`)."""
+        settings = self.settings
+        strategy = type(self._trainer.strategy) if self._trainer is not None else SingleDeviceStrategy
+        return prefill_reusable(
+            num_iterations=settings.num_iterations,
+            one_backward_pass=not settings.micro_batch_size or settings.micro_batch_size >= len(batch),
+            shared_prompt=settings.shared_prompt_forward and family_of(self.model).shared_prompt,
+            dynamic_sampling=settings.dynamic_sampling,
+            checkpointing=checkpointed(self.model),
+            dropout=has_active_dropout(self.model),
+            strategy={SingleDeviceStrategy: "single", DDPStrategy: "ddp"}.get(strategy, "other"),
+        )
 
     def _new_rollout(self, ids: Tensor, mask: Tensor, texts: list[str], rewards: RewardOutput) -> Rollout:
         settings, group = self.settings, self.settings.num_generations
@@ -394,7 +470,13 @@ class GRPOModule(VQAModule):
         ]
 
     def _logprobs(
-        self, batch: PromptBatch, rollout: Rollout, span: MicroBatch, model=None, with_entropy: bool = False
+        self,
+        batch: PromptBatch,
+        rollout: Rollout,
+        span: MicroBatch,
+        model=None,
+        with_entropy: bool = False,
+        prefill: PromptPrefill | None = None,
     ) -> CompletionScores:
         return completion_logprobs(
             model or self.model,
@@ -405,6 +487,7 @@ class GRPOModule(VQAModule):
             shared_prompt=self.settings.shared_prompt_forward,
             images_per_prompt=batch.images_per_prompt[span.start : span.stop],
             with_entropy=with_entropy,
+            prefill=prefill,
         )
 
     @torch.no_grad()
@@ -425,8 +508,9 @@ class GRPOModule(VQAModule):
         loss_ok = True
         optimizer.zero_grad(set_to_none=True)
         last = len(rollout.spans) - 1
+        prefill, rollout.prefill = rollout.prefill, None  # one use: its graph is freed by the backward
         for index, span in enumerate(rollout.spans):
-            scores = self._logprobs(batch, rollout, span, with_entropy=True)
+            scores = self._logprobs(batch, rollout, span, with_entropy=True, prefill=prefill)
             mask = rollout.mask[span.rows]
             output = grpo_loss(
                 scores.logprobs,
