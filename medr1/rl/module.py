@@ -509,6 +509,7 @@ class GRPOModule(VQAModule):
         optimizer.zero_grad(set_to_none=True)
         last = len(rollout.spans) - 1
         prefill, rollout.prefill = rollout.prefill, None  # one use: its graph is freed by the backward
+        assert prefill is None or len(rollout.spans) == 1, "a kept prompt pass covers the whole batch"
         for index, span in enumerate(rollout.spans):
             scores = self._logprobs(batch, rollout, span, with_entropy=True, prefill=prefill)
             mask = rollout.mask[span.rows]
