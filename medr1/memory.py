@@ -391,23 +391,23 @@ def policy_pass(
         return PolicyPass(inputs + head + vision, 0, layer, working_set)
     prompt_keys = attention_key_bytes(shape, precision, step.attention, masked=b > 1)
     prompt_pairs = per_pair if b > 1 else 0  # a single prompt needs no padding mask (causal kernel)
-    text = layers * (
-        (b * prompt + n * completion) * per_token
-        + n * total * keys
-        + n * completion * total * per_pair
-        + b * prompt * (prompt_keys + prompt * prompt_pairs)
-    )
     if counts.vision_trainable:
         vision = vision_bytes(shape, precision, b * step.image_patches, False)
-    head += (b * prompt + n * completion) * norm_per_token
-    cache = layers * n * total * 2 * shape.kv_dim * c
+    # the prompt pass (its layers, the final norm over its positions, the images), then the completions
+    # on the expanded cache (their layers, final norm and lm_head input)
     prompt_pass = (
         layers * b * prompt * (per_token + prompt_keys + prompt * prompt_pairs)
         + b * prompt * norm_per_token
         + vision
     )
+    completions = (
+        layers * n * (completion * per_token + total * keys + completion * total * per_pair)
+        + n * completion * norm_per_token
+        + head
+    )
+    cache = layers * n * total * 2 * shape.kv_dim * c
     return PolicyPass(
-        text + head + vision, cache, 0, n * completion * 2 * shape.intermediate * c, prompt_pass
+        prompt_pass + completions, cache, 0, n * completion * 2 * shape.intermediate * c, prompt_pass
     )
 
 

@@ -87,6 +87,17 @@ def test_scored_logprobs_equal_transformers_own_logits_for_greedy_completions(fa
     assert torch.allclose(scores.logprobs[valid], expected[valid], atol=1e-4)
 
 
+def scores_and_gradient(model, batch, ids, mask, **scoring) -> tuple[torch.Tensor, torch.Tensor]:
+    """The completions' log-probs and the gradient of their masked sum, flattened over the parameters
+    (the model's gradients are cleared before and after)."""
+    model.zero_grad()
+    scores = completion_logprobs(model, batch.model_inputs, ids, mask, **scoring)
+    (scores.logprobs * mask).sum().backward()
+    gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    return scores.logprobs.detach(), gradient
+
+
 def test_sampled_group_scores_and_gradients_match_the_repeated_prompt_reference(family_setup):
     _, model, processor, batch = family_setup
     torch.manual_seed(0)
@@ -96,22 +107,21 @@ def test_sampled_group_scores_and_gradients_match_the_repeated_prompt_reference(
     )
     assert ids.shape[0] == len(texts) == 3 * len(batch)
     assert not set(ids[mask.bool()].tolist()) & set(sampler.banned_ids)
-    results, grads = [], []
-    for shared in (True, False):
-        model.zero_grad()
-        scores = completion_logprobs(
-            model,
-            batch.model_inputs,
-            ids,
-            mask,
-            num_generations=3,
-            shared_prompt=shared,
-            images_per_prompt=batch.images_per_prompt,
-        )
-        (scores.logprobs * mask).sum().backward()
-        results.append(scores.logprobs.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    model.zero_grad()
+    results, grads = zip(
+        *(
+            scores_and_gradient(
+                model,
+                batch,
+                ids,
+                mask,
+                num_generations=3,
+                shared_prompt=shared,
+                images_per_prompt=batch.images_per_prompt,
+            )
+            for shared in (True, False)
+        ),
+        strict=True,
+    )
     valid = mask.bool()
     assert torch.allclose(results[0][valid], results[1][valid], atol=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
@@ -148,16 +158,13 @@ def test_a_kept_prompt_pass_samples_and_scores_as_running_the_prompts_again(fami
     assert torch.equal(kept_ids, ids) and torch.equal(kept_mask, mask)
     for (keys, values), layer in zip(before, kept.cache.layers, strict=True):
         assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
-    results, grads = [], []
-    for prefill in (kept, None):
-        model.zero_grad()
-        scores = completion_logprobs(
-            model, batch.model_inputs, ids, mask, num_generations=group, prefill=prefill
-        )
-        (scores.logprobs * mask).sum().backward()
-        results.append(scores.logprobs.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    model.zero_grad()
+    results, grads = zip(
+        *(
+            scores_and_gradient(model, batch, ids, mask, num_generations=group, prefill=prefill)
+            for prefill in (kept, None)
+        ),
+        strict=True,
+    )
     assert torch.equal(results[0], results[1])
     assert torch.equal(grads[0], grads[1]) and grads[0].norm() > 0
 

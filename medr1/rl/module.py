@@ -604,19 +604,14 @@ class GRPOModule(VQAModule):
         )
 
     def _logs_written_this_step(self) -> bool:
-        """Whether Lightning writes the loggers after this training step: its logger connector's
-        `should_update_logs`, `(batches stepped + 1) % log_every_n_steps == 0` on the count this step
-        sees, or a stop already decided. True outside a fit loop (no trainer, or a Lightning without
-        these attributes). tests/test_telemetry.py checks that metrics.csv comes out the same."""
-        trainer = self._trainer
+        """Whether Lightning writes the loggers after this training step: its logger connector's own
+        `should_update_logs` (every `log_every_n_steps`, or a stop already decided). True outside a fit
+        (no trainer, or a Lightning without that property). tests/test_telemetry.py checks that
+        metrics.csv comes out the same."""
         try:
-            every = trainer.log_every_n_steps
-            batches = trainer.fit_loop.epoch_loop._batches_that_stepped
+            return bool(self._trainer._logger_connector.should_update_logs)
         except AttributeError:
             return True
-        if not every:
-            return False
-        return (batches + 1) % every == 0 or trainer.should_stop
 
     def _telemetry(self, records, rollout: Rollout, graded) -> dict[str, float]:
         """Per modality and question type, the reward-hacking sentinels and the reasoning/answer
