@@ -13,12 +13,12 @@ import pytest
 
 from medr1.bench.common import (
     BenchSettings,
-    PhaseTimer,
     character_variety_reward,
     compose_bench_config,
     write_data_folder,
 )
 from medr1.bench.compare import ratios
+from medr1.profiling import PhaseTimer
 
 HAS_TRL = importlib.util.find_spec("trl") is not None
 PHASES = ("rollout", "reference", "policy", "optimizer")

@@ -23,6 +23,7 @@ from medr1.check.settings import parameter_counts
 from medr1.data.batches import PromptCollator
 from medr1.logprobs import completion_logprobs, prefill_prompts
 from medr1.memory import ModelShape, Precision, StepSizes, count_parameters, estimate_memory, policy_pass
+from medr1.models.checkpoints import resolve_model_path
 from medr1.models.loading import load_model, load_processor
 from medr1.models.tuning import apply_tuning
 from tests.helpers.config import REPO, compose_config
@@ -44,7 +45,6 @@ QWEN2_VL_7B_PARAMETERS = 8_291_375_616  # Qwen/Qwen2-VL-7B-Instruct
 
 def training_prompt_lengths(cfg, records) -> list[int]:
     """Every training prompt's length, computed here with a PromptCollator of our own."""
-    from medr1.models.checkpoints import resolve_model_path
 
     processor = load_processor(cfg.model, resolve_model_path(cfg.model, cfg.paths.cache_dir))
     batch = PromptCollator(processor, cfg.prompt)(records)
@@ -77,6 +77,52 @@ def test_check_reads_the_data_and_prints_counts_that_match_it(tmp_path, capsys):
     assert "160" in printed and "modality_recognition" in printed and "result: OK" in printed
     assert json.loads((tmp_path / "check.json").read_text())["records"] == summary["records"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json"]  # no checkpoints, no logs
+
+
+def test_the_timing_splits_the_step_and_counts_forward_and_backward_flops(tmp_path, capsys):
+    """mode=check's timing splits the median step as make bench does (rollout, reference, policy,
+    optimiser, other: the parts make up the step, each prefill inside its phase; the update scores on
+    the rollout's prompt pass, so the policy runs no image+prompt forward of its own), and counts the
+    FLOPs of one more step: at least the prompts' forward, backward and reference passes (8 FLOPs per
+    text-layer weight and prompt token, more than a forward-only count of the whole step reaches) and
+    at most every pass over the padded completions too, plus a quarter for attention and the vision
+    tower."""
+    cfg = compose_config([*CHECK, "check.timing_steps=2"], tmp_path)
+    timing = check(cfg)["timing"]
+    printed = capsys.readouterr().out
+
+    phases = timing["phases_s"]
+    assert all(phases[name] > 0 for name in ("rollout", "reference", "policy", "optimizer"))
+    assert (
+        phases["other"] >= 0
+        and sorted(timing["step_seconds"])[0]
+        <= sum(phases[name] for name in ("rollout", "reference", "policy", "optimizer", "other"))
+        <= sorted(timing["step_seconds"])[-1]
+    )
+    assert (
+        0 < phases["rollout_prefill"] < phases["rollout"]
+        and 0 < phases["reference_prefill"] < phases["reference"]
+    )
+    assert "policy_prefill" not in phases
+    assert 0 < timing["completion_tokens_per_step"] <= 4 * 4 * 16
+
+    text = load_model(cfg.model, resolve_model_path(cfg.model, cfg.paths.cache_dir)).model.language_model
+    layers = sum(p.numel() for p in text.layers.parameters() if p.dim() == 2)
+    head = text.embed_tokens.weight.numel()
+    tokens = timing["flop_step_tokens"]
+    prompt, rows, width = tokens["prompt_tokens"], 4 * 4, 16
+    lower = 8 * layers * prompt
+    forward_only = 4 * layers * prompt + 6 * (layers + head) * tokens["completion_tokens"]
+    upper = 1.25 * (8 * layers * prompt + 10 * (layers + head) * rows * width)
+    assert forward_only < lower <= timing["flops_per_step"] <= upper
+    assert timing["flop_per_s"] == timing["flops_per_step"] / timing["seconds_per_step"]
+    peak = timing["matmul_peak"]
+    assert (
+        peak["device"] == "cpu"
+        and peak["dtype"] == "float32"
+        and peak["flop_per_s"] == max(peak["by_size"].values())
+    )
+    assert "where the median step's" in printed and "GFLOP per step" in printed
 
 
 def test_a_too_long_prompt_stops_the_run_naming_the_record_and_the_fix(tmp_path):
@@ -251,7 +297,6 @@ def test_the_activation_formula_matches_what_autograd_saves(
 ):
     """The bytes autograd keeps for backward in one shared-prompt policy pass (saved tensors, each
     storage once, parameters aside) against the formula's activations plus the saved log-softmax."""
-    from medr1.models.checkpoints import resolve_model_path
 
     cfg = compose_config([f"model={model}", f"tuning={tuning}"])
     path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
@@ -314,7 +359,6 @@ def test_the_kept_prompt_pass_formula_matches_what_autograd_saves(synthetic_spli
     """A rollout whose prompt pass the update scores on keeps that pass's activations from the rollout
     on (StepSizes.kept_prefill): the formula's prompt part against what autograd saves in it, and the
     rollout and reference phases carry it while the policy phase does not change."""
-    from medr1.models.checkpoints import resolve_model_path
 
     cfg = compose_config([f"model={model}"])
     path = resolve_model_path(cfg.model, cfg.paths.cache_dir)

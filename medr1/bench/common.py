@@ -1,5 +1,6 @@
-"""What both sides of the benchmark share: the settings, the data folder, the bench reward, the phase
-timer, FLOP counting, the fp32 matmul peak and the "did it train" check.
+"""What both sides of the benchmark share: the settings, the data folder, the bench reward, the step
+summary and the "did it train" check (the phase timer, FLOP counting and the matmul peak are
+medr1.profiling's, shared with `mode=check`).
 
 medr1 and TRL each run in a child process of their own (medr1.bench.worker), so that each peak RSS is
 its own; the parent writes the data folder and the settings both read.
@@ -7,13 +8,10 @@ its own; the parent writes the data folder and the settings both read.
 
 from __future__ import annotations
 
-import functools
 import json
 import resource
 import statistics
-import time
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,125 +144,6 @@ def write_data_folder(root: Path, image_size: int, records: int = RECORDS, seed:
     return root
 
 
-# --- timing --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PhaseTimer:
-    """Seconds per phase in each step, from wrappers put around bound methods of the running objects.
-
-    `wrap(obj, name, phase)` replaces obj.<name> (on the instance only) by a timed call; a phase's time
-    in a step is the sum of its calls. `active` is the phase being run, so model-call hooks can say
-    which phase a forward belongs to. Step boundaries come from the framework's callbacks.
-    """
-
-    current: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    steps: list[dict] = field(default_factory=list)
-    active: str | None = None
-    last_end: float | None = None
-
-    def wrap(self, obj, name: str, phase, on_result=None) -> None:
-        """`phase` is a name, or a function of the call's (args, kwargs) giving one (None: not timed)."""
-        original = getattr(obj, name)
-
-        @functools.wraps(original)  # keeps the attributes others set on it (e.g. an LR scheduler's mark)
-        def timed(*args, **kwargs):
-            this = phase(args, kwargs) if callable(phase) else phase
-            if this is None:
-                return original(*args, **kwargs)
-            outer, self.active = self.active, this
-            start = time.perf_counter()
-            try:
-                result = original(*args, **kwargs)
-            finally:
-                self.current[this] += time.perf_counter() - start
-                self.active = outer
-            if on_result is not None:
-                on_result(self, result, args, kwargs)
-            return result
-
-        setattr(obj, name, timed)
-
-    def hook_model_calls(self, model, phases: tuple[str, ...] | None = None, tag: str = "prefill") -> None:
-        """Time the image + prompt work: every call of `model` that carries images (pixel_values, or the
-        image features transformers' generate() encodes beforehand and passes as mm_encoder_outputs),
-        and a call of its vision tower made outside such a call (generate()'s own encoding). Booked as
-        "<active phase>_<tag>" (e.g. rollout_prefill), nested inside that phase's time; only in
-        `phases` when given."""
-        starts: list[tuple[float, bool]] = []
-        depth = [0]  # image-carrying model calls under way: their vision tower is already counted
-
-        def book(start: float) -> None:
-            if self.active is not None and (phases is None or self.active in phases):
-                self.current[f"{self.active}_{tag}"] += time.perf_counter() - start
-
-        def before(module, args, kwargs):
-            images = kwargs.get("pixel_values") is not None or kwargs.get("mm_encoder_outputs") is not None
-            depth[0] += images
-            starts.append((time.perf_counter(), images))
-
-        def after(module, args, kwargs, output):
-            start, images = starts.pop()
-            if images:
-                depth[0] -= 1
-                book(start)
-
-        model.register_forward_pre_hook(before, with_kwargs=True)
-        model.register_forward_hook(after, with_kwargs=True)
-        vision = getattr(getattr(model, "model", None), "visual", None)
-        if vision is None:
-            return
-        vision_starts: list[float | None] = []
-        vision.register_forward_pre_hook(
-            lambda module, args: vision_starts.append(None if depth[0] else time.perf_counter())
-        )
-
-        def vision_after(module, args, output):
-            start = vision_starts.pop()
-            if start is not None:
-                book(start)
-
-        vision.register_forward_hook(vision_after)
-
-    def begin(self) -> None:
-        """Start of a step's own work (a step's time runs from the previous step's end, so that data
-        loading between steps counts; the first step starts here)."""
-        if self.last_end is None:
-            self.last_end = time.perf_counter()
-        self.current, self.counts = defaultdict(float), defaultdict(float)
-
-    def end(self, keep: bool) -> None:
-        now = time.perf_counter()
-        if keep:
-            self.steps.append(
-                {
-                    "step_s": now - self.last_end,
-                    **dict(self.current),
-                    **{k: v for k, v in self.counts.items()},
-                }
-            )
-        self.last_end = now
-
-
-class FlopCount:
-    """FlopCounterMode entered and left from two callbacks (step start / end) of the same thread."""
-
-    def __init__(self):
-        from torch.utils.flop_counter import FlopCounterMode
-
-        self.mode = FlopCounterMode(display=False)
-        self.total: int | None = None
-
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-        self.total = int(self.mode.get_total_flops())
-
-
 def summarise(steps: list[dict], settings: BenchSettings, flops: int | None) -> dict:
     """Steady-state figures over the timed steps (of one or several rounds): the median step, whose
     phases are reported, so a step slowed by another process on a shared machine moves nothing;
@@ -320,24 +199,3 @@ def weight_change(initial: dict[str, torch.Tensor], model) -> dict:
 
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
-def matmul_peak(threads: int, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
-    """The machine's measured fp32 matmul rate with `threads` torch threads (best of `repeats` per size,
-    best size): the roof the achieved FLOP/s are read against."""
-    torch.set_num_threads(threads)
-    best: dict[int, float] = {}
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        best[n] = 2 * n**3 / min(times)
-    return {
-        "flop_per_s": max(best.values()),
-        "by_size": {str(n): v for n, v in best.items()},
-        "threads": threads,
-    }

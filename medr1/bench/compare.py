@@ -22,7 +22,8 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from medr1.bench.common import BenchSettings, matmul_peak, summarise, write_data_folder
+from medr1.bench.common import BenchSettings, summarise, write_data_folder
+from medr1.profiling import matmul_peak
 
 TARGETS = {"samples_per_s_ratio": 4.0, "rollout_vs_generate": 2.0}  # issue 14, item 2
 

@@ -3,7 +3,7 @@
 The Hydra config is composed with the benchmark's overrides (medr1.bench.common.medr1_overrides), then
 the same builders as medr1.train.train make the policy, datamodule, GRPOModule and Lightning Trainer,
 and `trainer.fit` runs warm-up + timed + FLOP-counted steps. Phases are timed by wrapping bound methods
-of the running instances (the names issue 14's contract keeps stable):
+of the running instances, as `mode=check` times them (medr1.profiling.time_grpo_phases):
 rollout = module._sampled_rollout (the prompts' prefill, decoding and rewards), reference = module._reference_logprobs,
 optimizer = optimizer.step, policy = module.update minus optimizer.step.
 """
@@ -18,14 +18,13 @@ import torch
 
 from medr1.bench.common import (
     BenchSettings,
-    FlopCount,
-    PhaseTimer,
     compose_bench_config,
     peak_rss_mb,
     snapshot,
     summarise,
     weight_change,
 )
+from medr1.profiling import FlopCount, PhaseTimer, policy_phases, time_grpo_phases
 
 
 class StepClock(L.Callback):
@@ -77,12 +76,7 @@ def run(settings: BenchSettings) -> dict:
     def note_fault(timer, result, args, kwargs):
         faults.append(result[1])
 
-    timer.wrap(module, "_sampled_rollout", "rollout", on_result=count_tokens)
-    timer.wrap(module, "_reference_logprobs", "reference")
-    timer.wrap(module, "update", "update", on_result=note_fault)
-    timer.hook_model_calls(module.model)
-    if module._reference is not None:
-        timer.hook_model_calls(module._reference)
+    time_grpo_phases(timer, module, on_rollout=count_tokens, on_update=note_fault)
 
     clock = StepClock(timer, settings)
     initial = snapshot(module.model)
@@ -91,9 +85,7 @@ def run(settings: BenchSettings) -> dict:
     datamodule.batch_size = settings.prompts
     trainer.fit(module, datamodule=datamodule)
 
-    for step in timer.steps:  # update = policy forward/backward (+ clipping) + optimizer.step
-        step["policy"] = step.pop("update", 0.0) - step.get("optimizer", 0.0)
-        step["policy_prefill"] = step.pop("update_prefill", 0.0)
+    policy_phases(timer.steps)
     summary = summarise(timer.steps, settings, clock.flops.total if clock.flops else None)
     return {
         "framework": "medr1",

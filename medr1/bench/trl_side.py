@@ -25,14 +25,13 @@ import torch
 
 from medr1.bench.common import (
     BenchSettings,
-    FlopCount,
-    PhaseTimer,
     compose_bench_config,
     peak_rss_mb,
     snapshot,
     summarise,
     weight_change,
 )
+from medr1.profiling import FlopCount, PhaseTimer
 
 # medr1's loss_agg -> TRL's loss_type with the same aggregation (one process, no accumulation)
 LOSS_TYPES = {"seq_mean_token_mean": "grpo", "token_mean": "bnpo", "seq_mean_token_sum_norm": "dr_grpo"}

@@ -170,6 +170,7 @@ def format_timing(timing: dict) -> str:
             f"  evaluation: one batch of {timing['eval_batch_size']} in {timing['eval_batch_seconds']:.2f} s; "
             f"{timing['eval_batches']} batches (validation + test) = {_duration(timing['eval_seconds'])}"
         )
+    lines.extend(format_phases(timing))
     lines.append(f"  total: about {_duration(timing['total_seconds'])}")
     if timing.get("measured_peak_bytes") is not None:
         lines.append(
@@ -177,6 +178,46 @@ def format_timing(timing: dict) -> str:
             f"(estimated {gib(timing['estimated_peak_bytes'])} GiB)"
         )
     return "\n".join(lines)
+
+
+PHASE_NAMES = {
+    "rollout": "rollout",
+    "reference": "reference",
+    "policy": "policy forward+backward",
+    "optimizer": "optimiser",
+    "other": "other (data, rewards, logging, loop)",
+}
+
+
+def format_phases(timing: dict) -> list[str]:
+    """Where the median step's time goes, and its arithmetic against the device's matmul rate."""
+    lines = []
+    phases = timing.get("phases_s")
+    if phases:
+        step = sum(phases.get(name, 0.0) for name in PHASE_NAMES)
+        parts = []
+        for name, label in PHASE_NAMES.items():
+            if name not in phases:
+                continue
+            part = f"{label} {phases[name]:.2f} s ({phases[name] / step:.0%})" if step > 0 else label
+            if phases.get(f"{name}_prefill"):
+                part += f" [images+prompts {phases[f'{name}_prefill']:.2f} s]"
+            parts.append(part)
+        lines.append(f"  where the median step's {step:.2f} s go: " + ", ".join(parts))
+    if timing.get("completion_tokens_per_step"):
+        lines.append(
+            f"  completion tokens: {timing['completion_tokens_per_step']:.0f} per step, "
+            f"{timing['completion_tokens_per_step'] / timing['seconds_per_step']:.0f} per second"
+        )
+    if timing.get("flops_per_step"):
+        peak = timing["matmul_peak"]
+        where = f"{peak['threads']} threads" if peak.get("threads") else peak["device"]
+        lines.append(
+            f"  arithmetic: {timing['flops_per_step'] / 1e9:.1f} GFLOP per step, "
+            f"{timing['flop_per_s'] / 1e9:.1f} GFLOP/s achieved = {timing['flop_per_s'] / peak['flop_per_s']:.0%} "
+            f"of this device's measured {peak['dtype']} matmul rate ({peak['flop_per_s'] / 1e9:.0f} GFLOP/s, {where})"
+        )
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -3,7 +3,10 @@
 The policy, module and Trainer are built as `medr1.train` builds them (builders.py), with the
 configured device, precision and strategy, but with no logger, no checkpoints and no validation, for
 1 + `check.timing_steps` training batches: the first is a warm-up (allocator, kernels, caches), the
-others are timed. One greedy evaluation batch is timed too, to estimate validation and testing.
+others are timed, split into phases as `make bench` splits them (medr1.profiling). With `check.flops`
+one more batch runs under torch's FLOP counter (untimed: the counter slows it), and the device's
+matmul rate in the run's compute dtype is measured, so the achieved FLOP/s can be read against it.
+One greedy evaluation batch is timed too, to estimate validation and testing.
 """
 
 from __future__ import annotations
@@ -19,28 +22,54 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from medr1.builders import build_module, load_policy
-from medr1.precision import autocast_for
+from medr1.precision import MIXED, TRUE_LOW_PRECISION, autocast_for, canonical_precision
+from medr1.profiling import FlopCount, PhaseTimer, matmul_peak, policy_phases, time_grpo_phases
 
 
-class StepTimer(Callback):
-    """Wall time of each training batch (one rollout and its updates, or one SFT step)."""
+class StepClock(Callback):
+    """Step boundaries for a PhaseTimer from Lightning's batch hooks (a step's time runs from the
+    previous step's end, so data loading counts), and the FLOP-counted batch `flop_step`."""
 
-    def __init__(self):
-        self.seconds: list[float] = []
-        self._start = 0.0
+    def __init__(self, timer: PhaseTimer, flop_step: int | None, time_optimizer: bool):
+        self.timer, self.flop_step, self.time_optimizer = timer, flop_step, time_optimizer
+        self.flops: FlopCount | None = None
+        self.flop_step_counts: dict[str, float] = {}
+        self.index = 0
 
-    @staticmethod
-    def _sync(pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+    def on_train_start(self, trainer, pl_module):
+        self.timer.device = pl_module.device
+        if self.time_optimizer:  # GRPO steps its optimiser itself (SFT's step runs the closure inside)
+            self.timer.wrap(trainer.optimizers[0], "step", "optimizer")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._sync(pl_module)
-        self._start = time.perf_counter()
+        self.timer.begin()
+        if self.index == self.flop_step:
+            self.flops = FlopCount().__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync(pl_module)
-        self.seconds.append(time.perf_counter() - self._start)
+        if self.flops is not None and self.index == self.flop_step:
+            self.flops.__exit__(None, None, None)
+            self.flop_step_counts = dict(self.timer.counts)  # the counted step's tokens
+        self.timer.end(keep=self.index != self.flop_step)
+        self.index += 1
+
+
+def compute_dtype(precision: str, model) -> torch.dtype:
+    """The dtype the step's matmuls run in: the autocast dtype of a mixed precision, the weights' dtype
+    of a *-true one, else the model's floating-point weights' dtype."""
+    precision = canonical_precision(precision)
+    if precision in MIXED or precision in TRUE_LOW_PRECISION:
+        return MIXED.get(precision) or TRUE_LOW_PRECISION[precision]
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def step_phases(step: dict) -> dict:
+    """A timed step's phases in seconds (rollout, reference, policy, optimizer, their prefills, and
+    other: the rest of the step: data, rewards, advantages, logging, the Lightning loop)."""
+    phases = {k: step.get(k, 0.0) for k in ("rollout", "reference", "policy", "optimizer") if k in step}
+    phases["other"] = step["step_s"] - sum(phases.values())
+    phases.update({k: v for k, v in step.items() if k.endswith("_prefill") and v})
+    return phases
 
 
 def training_batches(cfg: DictConfig, train_records: int, per_rank_batch: int, world_size: int) -> int:
@@ -55,20 +84,31 @@ def training_batches(cfg: DictConfig, train_records: int, per_rank_batch: int, w
 
 
 def time_training(cfg: DictConfig, datamodule, run_dir, steps: int) -> dict:
-    """Seconds per training batch over `steps` batches after one warm-up, peak CUDA memory of them,
-    and seconds of one greedy evaluation batch."""
+    """Seconds per training batch over `steps` batches after one warm-up and their phases (the median
+    step's), peak CUDA memory of them, FLOPs of one more batch and the device's matmul rate (with
+    check.flops), and seconds of one greedy evaluation batch."""
     L.seed_everything(int(cfg.seed), workers=True)
     policy = load_policy(cfg, train=True)
     module = build_module(cfg, policy, datamodule)
     iterations = int(cfg.algo.get("num_iterations", 1) or 1) if cfg.algo.name == "grpo" else 1
-    timer = StepTimer()
+    count_flops = bool(cfg.check.get("flops", True))
+    timer = PhaseTimer()
+    grpo = hasattr(module, "_sampled_rollout")
+    if grpo:  # the phases make bench reports (SFT: the step's time and FLOPs only)
+
+        def count_tokens(timer, rollout, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
+            timer.counts["completion_tokens"] += float(rollout.mask.sum())
+            timer.counts["prompt_tokens"] += float(args[0].model_inputs["attention_mask"].sum())
+
+        time_grpo_phases(timer, module, on_rollout=count_tokens)
+    clock = StepClock(timer, flop_step=1 + steps if count_flops else None, time_optimizer=grpo)
     trainer = instantiate(
         cfg.trainer,
-        max_steps=(1 + steps) * iterations,
+        max_steps=(1 + steps + int(count_flops)) * iterations,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
-        callbacks=[timer],
+        callbacks=[clock],
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_progress_bar=False,
@@ -79,12 +119,29 @@ def time_training(cfg: DictConfig, datamodule, run_dir, steps: int) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=datamodule)
+    if grpo:
+        policy_phases(timer.steps)
+    seconds = [step["step_s"] for step in timer.steps]
+    timed = timer.steps[1:]
     result = {
-        "warmup_seconds": timer.seconds[0] if timer.seconds else None,
-        "step_seconds": timer.seconds[1:],
-        "seconds_per_step": statistics.median(timer.seconds[1:]) if len(timer.seconds) > 1 else None,
+        "warmup_seconds": seconds[0] if seconds else None,
+        "step_seconds": seconds[1:],
+        "seconds_per_step": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
         "measured_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }
+    if timed and grpo:
+        median_step = sorted(timed, key=lambda step: step["step_s"])[(len(timed) - 1) // 2]
+        result["phases_s"] = step_phases(median_step)
+        if "completion_tokens" in median_step:
+            result["completion_tokens_per_step"] = median_step["completion_tokens"]
+    if clock.flops is not None and clock.flops.total is not None:
+        result["flops_per_step"] = clock.flops.total
+        result["flop_step_tokens"] = clock.flop_step_counts  # prompt and completion tokens of that step
+        result["flop_per_s"] = clock.flops.total / result["seconds_per_step"]
+        device = trainer.strategy.root_device
+        result["matmul_peak"] = matmul_peak(
+            device=device, dtype=compute_dtype(trainer.precision, module.model)
+        )
     result["eval_batch_seconds"] = time_eval_batch(module, trainer, datamodule)
     return result
 
