@@ -125,6 +125,17 @@ def test_the_timing_splits_the_step_and_counts_forward_and_backward_flops(tmp_pa
     assert "where the median step's" in printed and "GFLOP per step" in printed
 
 
+def test_an_sft_check_times_and_counts_the_step_without_grpo_phases(tmp_path):
+    """SFT's optimiser step runs its forward and backward inside (Lightning's closure), so the check
+    reports its step time and FLOPs but no phase split; check.flops=false runs no counted step."""
+    timing = check(compose_config([*CHECK, "algo=sft"], tmp_path))["timing"]
+    assert "phases_s" not in timing and timing["seconds_per_step"] > 0 and timing["flops_per_step"] > 0
+    timing = check(compose_config([*CHECK, "check.flops=false"], tmp_path / "no_flops"))["timing"]
+    assert (
+        "flops_per_step" not in timing and "matmul_peak" not in timing and timing["phases_s"]["rollout"] > 0
+    )
+
+
 def test_a_too_long_prompt_stops_the_run_naming_the_record_and_the_fix(tmp_path):
     cfg = compose_config(CHECK)
     splits = instantiate(cfg.data.source).load()

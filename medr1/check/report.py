@@ -190,20 +190,19 @@ PHASE_NAMES = {
 
 
 def format_phases(timing: dict) -> list[str]:
-    """Where the median step's time goes, and its arithmetic against the device's matmul rate."""
+    """Where the median step's time goes (a row per phase), and its arithmetic against the device's
+    matmul rate."""
     lines = []
     phases = timing.get("phases_s")
     if phases:
         step = sum(phases.get(name, 0.0) for name in PHASE_NAMES)
-        parts = []
+        lines.append(f"  where the median step's {step:.2f} s go:")
         for name, label in PHASE_NAMES.items():
-            if name not in phases:
-                continue
-            part = f"{label} {phases[name]:.2f} s ({phases[name] / step:.0%})" if step > 0 else label
-            if phases.get(f"{name}_prefill"):
-                part += f" [images+prompts {phases[f'{name}_prefill']:.2f} s]"
-            parts.append(part)
-        lines.append(f"  where the median step's {step:.2f} s go: " + ", ".join(parts))
+            if name in phases:
+                share = f"{phases[name] / step:>4.0%}" if step > 0 else ""
+                prefill = phases.get(f"{name}_prefill")
+                inside = f"  (images+prompts {prefill:.2f} s)" if prefill else ""
+                lines.append(f"    {label:<38}{phases[name]:>6.2f} s {share}{inside}")
     if timing.get("completion_tokens_per_step"):
         lines.append(
             f"  completion tokens: {timing['completion_tokens_per_step']:.0f} per step, "
