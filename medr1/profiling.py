@@ -67,7 +67,7 @@ class PhaseTimer:
         and a call of its vision tower made outside such a call (generate()'s own encoding). Booked as
         "<active phase>_<tag>" (e.g. rollout_prefill), nested inside that phase's time; only in
         `phases` when given."""
-        starts: list[tuple[float, bool]] = []
+        starts: list[float | None] = []  # per call under way: its start if it carries images
         depth = [0]  # image-carrying model calls under way: their vision tower is already counted
 
         def book(start: float) -> None:
@@ -77,11 +77,11 @@ class PhaseTimer:
         def before(module, args, kwargs):
             images = kwargs.get("pixel_values") is not None or kwargs.get("mm_encoder_outputs") is not None
             depth[0] += images
-            starts.append((self.now(), images))
+            starts.append(self.now() if images else None)  # a decoding step reads no clock (no CUDA sync)
 
         def after(module, args, kwargs, output):
-            start, images = starts.pop()
-            if images:
+            start = starts.pop()
+            if start is not None:
                 depth[0] -= 1
                 book(start)
 
