@@ -52,12 +52,30 @@ def check_trainable_precision(model, precision: str, strategy: object, allow_low
         )
 
 
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype the Trainer's autocast runs `precision` in on `device`; None when it runs none (32-true,
+    *-true, and fp16 on CPU: fp16 autocast is a CUDA feature, CPU runs the fp32 weights as they are)."""
+    dtype = MIXED.get(canonical_precision(precision))
+    if dtype is torch.float16 and torch.device(device).type == "cpu":
+        return None
+    return dtype
+
+
 def autocast_for(precision: str, device: torch.device | str):
     """The Trainer's autocast for `precision` on `device` (a no-op for 32-true and *-true)."""
-    dtype = MIXED.get(canonical_precision(precision))
+    dtype = autocast_dtype(precision, device)
     if dtype is None:
         return nullcontext()
-    device_type = torch.device(device).type
-    if device_type == "cpu" and dtype is torch.float16:
-        return nullcontext()  # fp16 autocast is a CUDA feature; CPU runs the fp32 weights as they are
-    return torch.autocast(device_type=device_type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def compute_dtype(precision: str, model, device: torch.device | str) -> torch.dtype:
+    """The dtype a training step's matmuls run in: autocast's (`autocast_dtype`), else the weights' (a
+    *-true precision converts them; otherwise the model's floating-point weights as loaded)."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None:
+        return dtype
+    precision = canonical_precision(precision)
+    if precision in TRUE_LOW_PRECISION:
+        return TRUE_LOW_PRECISION[precision]
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

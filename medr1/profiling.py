@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 
 @dataclass
@@ -172,6 +173,40 @@ def matmul_peak(
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
     }
+
+
+class StepClock(Callback):
+    """Step boundaries for a PhaseTimer from Lightning's batch hooks (a step's time runs from the
+    previous step's end, so data loading counts), the optimiser's step as the "optimizer" phase, and one
+    batch, `flop_step`, counted under FlopCount and not kept. `kept(index)` says which other steps the
+    timer keeps (e.g. not the warm-up)."""
+
+    def __init__(
+        self, timer: PhaseTimer, *, flop_step: int | None = None, kept=None, time_optimizer: bool = True
+    ):
+        self.timer, self.flop_step, self.time_optimizer = timer, flop_step, time_optimizer
+        self.kept = kept or (lambda index: True)
+        self.flops: FlopCount | None = None
+        self.flop_step_counts: dict[str, float] = {}  # the counted step's counts (tokens)
+        self.index = 0  # batches begun so far (batch_idx restarts at every epoch)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.timer.device = pl_module.device
+        if self.time_optimizer:  # the torch optimiser LightningOptimizer.step ends in
+            self.timer.wrap(trainer.optimizers[0], "step", "optimizer")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.timer.begin()
+        if self.index == self.flop_step:
+            self.flops = FlopCount().__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        counted = self.flops is not None and self.index == self.flop_step
+        if counted:
+            self.flops.__exit__(None, None, None)
+            self.flop_step_counts = dict(self.timer.counts)
+        self.timer.end(keep=not counted and self.kept(self.index))
+        self.index += 1
 
 
 def time_grpo_phases(timer: PhaseTimer, module, on_rollout=None, on_update=None) -> None:

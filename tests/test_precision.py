@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from medr1.precision import autocast_for, check_trainable_precision, training_weight_dtype
+from medr1.precision import autocast_for, check_trainable_precision, compute_dtype, training_weight_dtype
 from medr1.train import train
 from tests.helpers.config import FAST, compose_config
 
@@ -164,3 +164,20 @@ def test_lightning_legacy_precision_names_mean_mixed_precision():
     assert training_weight_dtype(fp32, 16) == torch.float32
     with autocast_for("bf16", "cpu"):
         assert fp32(torch.ones(1, 4)).dtype == torch.bfloat16
+
+
+def test_the_compute_dtype_is_what_the_step_matmuls_run_in():
+    """mode=check reads the achieved FLOP/s against the matmul rate in this dtype: autocast's under a
+    mixed precision (but fp16 autocast on CPU runs nothing: the fp32 weights), the converted weights'
+    under *-true, else the weights as loaded."""
+    fp32, bf16 = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4).to(torch.bfloat16)
+    layer_out = {}
+    for precision in ("bf16-mixed", "16-mixed", "bf16"):
+        with autocast_for(precision, "cpu"):
+            layer_out[precision] = fp32(torch.ones(1, 4)).dtype
+        assert compute_dtype(precision, fp32, "cpu") == layer_out[precision]
+    assert layer_out == {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float32, "bf16": torch.bfloat16}
+    assert compute_dtype("16-mixed", fp32, "cuda") == torch.float16
+    assert compute_dtype("bf16-true", fp32, "cpu") == torch.bfloat16
+    assert compute_dtype("32-true", fp32, "cpu") == torch.float32
+    assert compute_dtype("32-true", bf16, "cpu") == torch.bfloat16

@@ -24,33 +24,7 @@ from medr1.bench.common import (
     summarise,
     weight_change,
 )
-from medr1.profiling import FlopCount, PhaseTimer, policy_phases, time_grpo_phases
-
-
-class StepClock(L.Callback):
-    """Step boundaries (and the FLOP-counted step) from Lightning's batch hooks."""
-
-    def __init__(self, timer: PhaseTimer, settings: BenchSettings):
-        self.timer, self.settings = timer, settings
-        self.flops: FlopCount | None = None
-        self.threads: int | None = None
-        self.index = 0  # steps begun so far (batch_idx restarts at every epoch of the 8 records)
-
-    def on_train_start(self, trainer, module) -> None:
-        self.threads = torch.get_num_threads()
-        optimizer = trainer.optimizers[0]  # the torch optimiser LightningOptimizer.step ends in
-        self.timer.wrap(optimizer, "step", "optimizer")
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.timer.begin()
-        if self.index == self.settings.flop_step:
-            self.flops = FlopCount().__enter__()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.flops is not None and self.index == self.settings.flop_step:
-            self.flops.__exit__(None, None, None)
-        self.timer.end(keep=self.settings.warmup <= self.index < self.settings.warmup + self.settings.steps)
-        self.index += 1
+from medr1.profiling import PhaseTimer, StepClock, policy_phases, time_grpo_phases
 
 
 def run(settings: BenchSettings) -> dict:
@@ -78,7 +52,11 @@ def run(settings: BenchSettings) -> dict:
 
     time_grpo_phases(timer, module, on_rollout=count_tokens, on_update=note_fault)
 
-    clock = StepClock(timer, settings)
+    clock = StepClock(
+        timer,
+        flop_step=settings.flop_step,
+        kept=lambda index: settings.warmup <= index < settings.warmup + settings.steps,
+    )
     initial = snapshot(module.model)
     run_dir = Path(tempfile.mkdtemp(prefix="medr1-bench-run-"))
     trainer = build_trainer(cfg, run_dir, [], [clock])
@@ -92,7 +70,7 @@ def run(settings: BenchSettings) -> dict:
         **summary,
         "steps": timer.steps,
         "peak_rss_mb": peak_rss_mb(),
-        "threads": clock.threads,
+        "threads": torch.get_num_threads(),
         "prompt_tokens": max(prompt_tokens),
         "optimizer_steps": int(trainer.global_step),
         "trained": {

@@ -18,49 +18,11 @@ import time
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from medr1.builders import build_module, load_policy
-from medr1.precision import MIXED, TRUE_LOW_PRECISION, autocast_for, canonical_precision
-from medr1.profiling import FlopCount, PhaseTimer, matmul_peak, policy_phases, time_grpo_phases
-
-
-class StepClock(Callback):
-    """Step boundaries for a PhaseTimer from Lightning's batch hooks (a step's time runs from the
-    previous step's end, so data loading counts), and the FLOP-counted batch `flop_step`."""
-
-    def __init__(self, timer: PhaseTimer, flop_step: int | None, time_optimizer: bool):
-        self.timer, self.flop_step, self.time_optimizer = timer, flop_step, time_optimizer
-        self.flops: FlopCount | None = None
-        self.flop_step_counts: dict[str, float] = {}
-        self.index = 0
-
-    def on_train_start(self, trainer, pl_module):
-        self.timer.device = pl_module.device
-        if self.time_optimizer:  # GRPO steps its optimiser itself (SFT's step runs the closure inside)
-            self.timer.wrap(trainer.optimizers[0], "step", "optimizer")
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.timer.begin()
-        if self.index == self.flop_step:
-            self.flops = FlopCount().__enter__()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.flops is not None and self.index == self.flop_step:
-            self.flops.__exit__(None, None, None)
-            self.flop_step_counts = dict(self.timer.counts)  # the counted step's tokens
-        self.timer.end(keep=self.index != self.flop_step)
-        self.index += 1
-
-
-def compute_dtype(precision: str, model) -> torch.dtype:
-    """The dtype the step's matmuls run in: the autocast dtype of a mixed precision, the weights' dtype
-    of a *-true one, else the model's floating-point weights' dtype."""
-    precision = canonical_precision(precision)
-    if precision in MIXED or precision in TRUE_LOW_PRECISION:
-        return MIXED.get(precision) or TRUE_LOW_PRECISION[precision]
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+from medr1.precision import autocast_for, compute_dtype
+from medr1.profiling import PhaseTimer, StepClock, matmul_peak, policy_phases, time_grpo_phases
 
 
 def step_phases(step: dict) -> dict:
@@ -101,6 +63,7 @@ def time_training(cfg: DictConfig, datamodule, run_dir, steps: int) -> dict:
             timer.counts["prompt_tokens"] += float(args[0].model_inputs["attention_mask"].sum())
 
         time_grpo_phases(timer, module, on_rollout=count_tokens)
+    # GRPO steps its optimiser itself; SFT's optimiser step runs the forward and backward (the closure)
     clock = StepClock(timer, flop_step=1 + steps if count_flops else None, time_optimizer=grpo)
     trainer = instantiate(
         cfg.trainer,
@@ -140,7 +103,7 @@ def time_training(cfg: DictConfig, datamodule, run_dir, steps: int) -> dict:
         result["flop_per_s"] = clock.flops.total / result["seconds_per_step"]
         device = trainer.strategy.root_device
         result["matmul_peak"] = matmul_peak(
-            device=device, dtype=compute_dtype(trainer.precision, module.model)
+            device=device, dtype=compute_dtype(trainer.precision, module.model, device)
         )
     result["eval_batch_seconds"] = time_eval_batch(module, trainer, datamodule)
     return result
