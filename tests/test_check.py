@@ -45,7 +45,6 @@ QWEN2_VL_7B_PARAMETERS = 8_291_375_616  # Qwen/Qwen2-VL-7B-Instruct
 
 def training_prompt_lengths(cfg, records) -> list[int]:
     """Every training prompt's length, computed here with a PromptCollator of our own."""
-
     processor = load_processor(cfg.model, resolve_model_path(cfg.model, cfg.paths.cache_dir))
     batch = PromptCollator(processor, cfg.prompt)(records)
     return batch.model_inputs["attention_mask"].sum(1).tolist()
@@ -308,7 +307,6 @@ def test_the_activation_formula_matches_what_autograd_saves(
 ):
     """The bytes autograd keeps for backward in one shared-prompt policy pass (saved tensors, each
     storage once, parameters aside) against the formula's activations plus the saved log-softmax."""
-
     cfg = compose_config([f"model={model}", f"tuning={tuning}"])
     path = resolve_model_path(cfg.model, cfg.paths.cache_dir)
     processor = load_processor(cfg.model, path)
