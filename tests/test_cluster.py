@@ -46,6 +46,8 @@ def task_process(sweep: Path, deadline: float) -> psutil.Process:
     (the process that trains) is the controller's child."""
     while time.time() < deadline:
         for folder in (sweep / ".submitit").glob("[0-9]*"):
+            if not folder.name.isdigit():  # submitit's pickles pass through the folder too, e.g. 3d39...pkl
+                continue
             try:
                 children = psutil.Process(int(folder.name)).children()
             except psutil.NoSuchProcess:
