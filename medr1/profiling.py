@@ -210,11 +210,18 @@ class StepClock(Callback):
 
 
 def time_grpo_phases(timer: PhaseTimer, module, on_rollout=None, on_update=None) -> None:
-    """Wrap a GRPOModule's phases (and its policy's and reference's image-carrying calls) into `timer`;
-    `on_rollout` / `on_update` see each call's result as PhaseTimer.wrap's `on_result`. The optimiser
-    is wrapped by the caller once the Trainer has made it (`timer.wrap(optimizer, "step", "optimizer")`),
-    and `policy_phases` turns the booked update into the policy's share afterwards."""
-    timer.wrap(module, "_sampled_rollout", "rollout", on_result=on_rollout)
+    """Wrap a GRPOModule's phases (and its policy's and reference's image-carrying calls) into `timer`,
+    counting each step's sampled completion tokens (`counts["completion_tokens"]`); `on_rollout` /
+    `on_update` see each call's result as PhaseTimer.wrap's `on_result`. StepClock wraps the optimiser
+    once the Trainer has made it, and `policy_phases` turns the booked update into the policy's share
+    afterwards."""
+
+    def rollout_done(timer, rollout, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
+        timer.counts["completion_tokens"] += float(rollout.mask.sum())
+        if on_rollout is not None:
+            on_rollout(timer, rollout, args, kwargs)
+
+    timer.wrap(module, "_sampled_rollout", "rollout", on_result=rollout_done)
     timer.wrap(module, "_reference_logprobs", "reference")
     timer.wrap(module, "update", "update", on_result=on_update)
     timer.hook_model_calls(module.model)

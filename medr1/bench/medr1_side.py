@@ -43,14 +43,13 @@ def run(settings: BenchSettings) -> dict:
 
     prompt_tokens: list[int] = []
 
-    def count_tokens(timer, result, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
-        timer.counts["completion_tokens"] += float(result.mask.sum())
+    def note_prompt_length(timer, result, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
         prompt_tokens.append(int(args[0].model_inputs["input_ids"].shape[1]))
 
     def note_fault(timer, result, args, kwargs):
         faults.append(result[1])
 
-    time_grpo_phases(timer, module, on_rollout=count_tokens, on_update=note_fault)
+    time_grpo_phases(timer, module, on_rollout=note_prompt_length, on_update=note_fault)
 
     clock = StepClock(
         timer,

@@ -58,11 +58,10 @@ def time_training(cfg: DictConfig, datamodule, run_dir, steps: int) -> dict:
     grpo = hasattr(module, "_sampled_rollout")
     if grpo:  # the phases make bench reports (SFT: the step's time and FLOPs only)
 
-        def count_tokens(timer, rollout, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
-            timer.counts["completion_tokens"] += float(rollout.mask.sum())
+        def count_prompt_tokens(timer, rollout, args, kwargs):  # _sampled_rollout(batch, ...) -> Rollout
             timer.counts["prompt_tokens"] += float(args[0].model_inputs["attention_mask"].sum())
 
-        time_grpo_phases(timer, module, on_rollout=count_tokens)
+        time_grpo_phases(timer, module, on_rollout=count_prompt_tokens)
     # GRPO steps its optimiser itself; SFT's optimiser step runs the forward and backward (the closure)
     clock = StepClock(timer, flop_step=1 + steps if count_flops else None, time_optimizer=grpo)
     trainer = instantiate(
